@@ -1,0 +1,27 @@
+# Two entry points, both self-contained on a fresh clone:
+#   make workflow   create .venv, install the suite, run the default Snakemake workflow
+#   make test       create .venv, install the suite with test extras, run the test suite
+PYTHON ?= python3
+VENV   ?= .venv
+CORES  ?= 2
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install workflow figures test clean-results
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test,slurm]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+workflow: $(STAMP)
+	$(BIN)/snakemake --cores $(CORES) --profile workflow/profiles/default
+
+figures: $(STAMP)
+	$(BIN)/snakemake --cores 1 --profile workflow/profiles/default figures
+
+test: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -n 2 --dist loadgroup -q

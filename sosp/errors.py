@@ -1,0 +1,37 @@
+"""Exceptions that the command line turns into one-line messages (exit code 2).
+
+Everything a user can get wrong (a name, a path, a ratio, a config key) raises a subclass of
+``SospError`` with a message that says what was wrong and how to fix it, so no user ever sees a bare
+traceback for bad input.
+"""
+
+
+class SospError(Exception):
+    """Base class of every error caused by user input rather than by a bug."""
+
+
+class UnknownNameError(SospError, KeyError):
+    """An unknown model, dataset or method name."""
+
+    def __init__(self, kind: str, name: str, known):
+        self.kind, self.name, self.known = kind, name, sorted(known)
+        super().__init__(f"unknown {kind} {name!r}; known: {', '.join(self.known)}")
+
+    def __str__(self) -> str:  # KeyError would add quotes around the message
+        return self.args[0]
+
+
+class DataError(SospError):
+    """Missing or malformed data set files."""
+
+
+class ConfigError(SospError, ValueError):
+    """A bad option value or configuration key."""
+
+
+class UnsupportedModelError(SospError):
+    """A model containing a layer whose channels cannot be gated or pruned exactly."""
+
+
+class TrainingDivergedError(SospError):
+    """A NaN or inf loss during training."""
