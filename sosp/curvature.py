@@ -1,0 +1,143 @@
+"""Gate-space derivatives of the cross-entropy loss: gradient, curvature-vector products, Jacobians.
+
+All functions evaluate the model in eval mode (BatchNorm on running statistics, so samples are
+independent) with every gate at 1 and leave the model's parameters untouched. Notation follows
+method.md section 2: ``g = dL/dc``, ``J_n = df(x_n)/dc``, ``Lambda_n = diag(p_n) - p_n p_n^T``,
+``G = mean_n J_n^T Lambda_n J_n``.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator, Sequence
+
+import torch
+import torch.autograd.forward_ad as fwAD
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .structures import ChannelGroup, gates_applied, total_structures
+
+
+@contextlib.contextmanager
+def scoring_mode(model: nn.Module) -> Iterator[None]:
+    """Eval mode and frozen parameters: only the gates need gradients, which halves the backward."""
+    was_training = model.training
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    model.eval()
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        model.train(was_training)
+
+
+def _gate_dtype(model: nn.Module) -> tuple[torch.dtype, torch.device]:
+    p = next(model.parameters())
+    return p.dtype, p.device
+
+
+def softmax_hessian_product(logits: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``Lambda_n v_n = p_n * v_n - p_n (p_n . v_n)`` for every sample, without forming ``Lambda``."""
+    p = logits.softmax(dim=-1)
+    return p * v - p * (p * v).sum(dim=-1, keepdim=True)
+
+
+def gradient_and_ggn_ones(model: nn.Module, groups: Sequence[ChannelGroup], x: torch.Tensor,
+                          y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(g, G 1, loss)`` of one batch: one forward-mode JVP plus one (two-cotangent) reverse pass.
+
+    The JVP with all-ones gate tangent gives ``u_n = J_n 1`` together with the logits; then
+    ``r_n = Lambda_n u_n`` (detached) makes ``d/dc (1/B) sum_n r_n . f_n = G 1``. Both vector-Jacobian
+    products reuse the same graph, batched into one backward call.
+    """
+    dtype, device = _gate_dtype(model)
+    gates = torch.ones(total_structures(groups), dtype=dtype, device=device, requires_grad=True)
+    with scoring_mode(model), fwAD.dual_level():
+        dual_gates = fwAD.make_dual(gates, torch.ones_like(gates))
+        with gates_applied(model, groups, dual_gates):
+            logits, u = fwAD.unpack_dual(model(x))
+        logits = logits.float() if logits.dtype == torch.bfloat16 else logits
+        p = logits.detach().softmax(dim=-1)
+        r = softmax_hessian_product(logits.detach(), u.detach())
+        loss_cotangent = (p - F.one_hot(y, p.shape[-1]).to(p.dtype)) / len(x)  # d loss / d logits
+        cotangents = torch.stack([loss_cotangent, r / len(x)])
+        (both,) = torch.autograd.grad(logits, gates, cotangents, is_grads_batched=True)
+        loss = F.cross_entropy(logits.detach(), y)
+    return both[0], both[1], loss
+
+
+def gradient_and_hessian_ones(model: nn.Module, groups: Sequence[ChannelGroup], x: torch.Tensor,
+                              y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(g, H 1, loss)`` with the exact Hessian of the loss w.r.t. the gates (double backward)."""
+    dtype, device = _gate_dtype(model)
+    gates = torch.ones(total_structures(groups), dtype=dtype, device=device, requires_grad=True)
+    with scoring_mode(model), gates_applied(model, groups, gates):
+        loss = F.cross_entropy(model(x), y)
+        (g,) = torch.autograd.grad(loss, gates, create_graph=True)
+        (h1,) = torch.autograd.grad(g.sum(), gates)
+    return g.detach(), h1, loss.detach()
+
+
+def per_sample_jacobians(model: nn.Module, groups: Sequence[ChannelGroup],
+                         x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``J`` of shape ``(B, C, S)`` and the logits: ``C`` reverse passes through per-sample gates.
+
+    With a batch dimension on the gates, the gradient of ``sum_n f_{n,k}`` w.r.t. the gates is row
+    ``k`` of every ``J_n`` at once, because samples are independent in eval mode.
+    """
+    dtype, device = _gate_dtype(model)
+    gates = torch.ones(len(x), total_structures(groups), dtype=dtype, device=device, requires_grad=True)
+    with scoring_mode(model), gates_applied(model, groups, gates):
+        logits = model(x)
+        rows = []
+        num_classes = logits.shape[-1]
+        for k in range(num_classes):
+            (row,) = torch.autograd.grad(logits[:, k].sum(), gates, retain_graph=k < num_classes - 1)
+            rows.append(row)
+    return torch.stack(rows, dim=1), logits.detach()
+
+
+def per_sample_gradients(model: nn.Module, groups: Sequence[ChannelGroup], x: torch.Tensor,
+                         labels) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample gate gradients of ``l(f_n, label)`` for ``K`` label columns: ``(K, B, S)``.
+
+    ``labels`` is a ``(B,)`` or ``(B, K)`` tensor, or a function of the (detached) logits returning
+    one, so that Monte-Carlo labels can be drawn from the model's own predictive distribution.
+    """
+    dtype, device = _gate_dtype(model)
+    gates = torch.ones(len(x), total_structures(groups), dtype=dtype, device=device, requires_grad=True)
+    with scoring_mode(model), gates_applied(model, groups, gates):
+        logits = model(x)
+        if callable(labels):
+            labels = labels(logits.detach())
+        labels = labels.reshape(len(x), -1)
+        log_p = logits.log_softmax(dim=-1)
+        grads = []
+        for j in range(labels.shape[1]):
+            nll = -log_p.gather(1, labels[:, j:j + 1]).sum()  # a sum: each sample keeps its own gradient
+            (v,) = torch.autograd.grad(nll, gates, retain_graph=j < labels.shape[1] - 1)
+            grads.append(v)
+    return torch.stack(grads), logits.detach()
+
+
+def gauss_newton_exact(jacobians: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """``sum_n J_n^T Lambda_n J_n`` as ONE ``(B C) x S`` matrix product.
+
+    ``Lambda_n = A_n A_n^T`` with ``A_n = diag(sqrt p) - p sqrt(p)^T`` (uses ``sum p = 1``), so
+    ``J_n^T Lambda_n J_n = V_n^T V_n`` with ``V_n = sqrt(p_n) * (J_n - 1 p_n^T J_n)``.
+    """
+    p = logits.softmax(dim=-1).to(jacobians.dtype)
+    centred = jacobians - torch.einsum("bc,bcs->bs", p, jacobians).unsqueeze(1)
+    v = (p.sqrt().unsqueeze(-1) * centred).reshape(-1, jacobians.shape[-1])
+    return v.T @ v
+
+
+def loss_gradient_from_jacobians(jacobians: torch.Tensor, logits: torch.Tensor,
+                                 y: torch.Tensor) -> torch.Tensor:
+    """``sum_n J_n^T (p_n - onehot(y_n))``: the summed loss gradient, free once ``J`` is known."""
+    p = logits.softmax(dim=-1).to(jacobians.dtype)
+    residual = p - F.one_hot(y, p.shape[-1]).to(p.dtype)
+    return torch.einsum("bc,bcs->s", residual, jacobians)

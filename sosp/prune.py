@@ -1,0 +1,281 @@
+"""Global selection of the structures to remove, pruning targets, and physical surgery.
+
+Selection ranks all ``S`` structures of all groups together by saliency, lowest first, and never takes
+a group below ``min_channels``. ``ratio`` means a fraction of structures (the paper's definition) or,
+with ``target="macs"``/``"params"``, a fraction of the base model's cost, reached by binary search on
+the number of removed structures with exact counts of the pruned model. Surgery is torch-pruning's.
+"""
+from __future__ import annotations
+
+import copy
+import inspect
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Sequence
+
+import torch
+import torch.nn as nn
+
+from . import measure, saliency
+from .errors import ConfigError, UnknownNameError
+from .structures import ChannelGroup, channel_groups, dependency_graph
+
+TARGETS = ("structures", "macs", "params")
+NORMALIZE = ("none", "cost")
+
+
+@dataclass
+class PruneResult:
+    model: nn.Module
+    removed: dict[str, list[int]]
+    report: dict = field(default_factory=dict)
+
+
+def check_ratio(ratio: float) -> float:
+    if not (isinstance(ratio, (int, float)) and 0.0 <= ratio < 1.0):
+        raise ConfigError(f"ratio must be in [0, 1), got {ratio!r}")
+    return float(ratio)
+
+
+def removal_order(groups: Sequence[ChannelGroup], scores: Sequence[torch.Tensor],
+                  min_channels: int = 1) -> list[tuple[int, int]]:
+    """Every removable ``(group index, channel)`` in the order they are removed (lowest saliency first).
+
+    Ties are broken by position (group order, then channel), so the order is deterministic.
+    """
+    if min_channels < 1:
+        raise ConfigError(f"min_channels must be at least 1, got {min_channels}")
+    flat = torch.cat([s.detach().double().cpu().flatten() for s in scores])
+    owner = [(gi, c) for gi, g in enumerate(groups) for c in range(g.size)]
+    order = sorted(range(len(owner)), key=lambda i: (flat[i].item(), i))
+    left = [g.size for g in groups]
+    chosen = []
+    for i in order:
+        gi, c = owner[i]
+        if left[gi] > min_channels:
+            left[gi] -= 1
+            chosen.append((gi, c))
+    return chosen
+
+
+def as_removed(groups: Sequence[ChannelGroup], order: Sequence[tuple[int, int]]) -> dict[str, list[int]]:
+    removed: dict[str, list[int]] = {}
+    for gi, c in order:
+        removed.setdefault(groups[gi].name, []).append(c)
+    return {name: sorted(idx) for name, idx in removed.items()}
+
+
+def remove_channels(model: nn.Module, groups: Sequence[ChannelGroup], removed: dict[str, Sequence[int]],
+                    example_input: torch.Tensor) -> nn.Module:
+    """A physically smaller copy of ``model`` without the ``removed`` channels of each group."""
+    pruned = copy.deepcopy(model)
+    if not any(removed.values()):
+        return pruned
+    graph = dependency_graph(pruned, example_input)
+    modules = dict(pruned.named_modules())
+    for group in groups:
+        idxs = sorted(removed.get(group.name, ()))
+        if not idxs:
+            continue
+        root = modules[group.name]
+        pruner = graph.get_pruner_of_module(root)
+        graph.get_pruning_group(root, pruner.prune_out_channels, idxs).prune()
+    return pruned
+
+
+def cost_per_structure(model: nn.Module, groups: Sequence[ChannelGroup],
+                       example_input: torch.Tensor) -> list[torch.Tensor]:
+    """MACs freed by removing one channel of each group (for ``normalize="cost"``).
+
+    A channel's cost is its share of every producer's MACs plus its share of every consumer's MACs
+    (per input channel), counted with the same per-layer MAC counts as :mod:`sosp.measure`.
+    """
+    per_module = _macs_per_module(model, example_input)
+    modules = dict(model.named_modules())
+    costs = []
+    for g in groups:
+        total = 0.0
+        for name in g.producers:
+            total += per_module.get(name, 0) / _channels(modules[name], out=True)
+        for name in g.consumers:
+            total += per_module.get(name, 0) / _channels(modules[name], out=False)
+        costs.append(torch.full((g.size,), max(total, 1e-12), dtype=torch.float64))
+    return costs
+
+
+def _macs_per_module(model: nn.Module, example_input: torch.Tensor) -> dict[str, float]:
+    """MACs of each named module (FlopCounterMode's per-module FLOPs / 2) at batch size 1."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(example_input[:1])
+    finally:
+        model.train(was_training)
+    per_module = {}
+    for key, ops in counter.get_flop_counts().items():
+        if "." in key:  # keys are "<RootClass>.<qualified name>"
+            per_module[key.split(".", 1)[1]] = sum(ops.values()) / 2
+    return per_module
+
+
+def _channels(module: nn.Module, out: bool) -> int:
+    if isinstance(module, nn.Linear):
+        return module.out_features if out else module.in_features
+    return module.out_channels if out else module.in_channels
+
+
+def _count(model: nn.Module, example_input: torch.Tensor, target: str) -> int:
+    return measure.count_params(model) if target == "params" else measure.count_macs(model, example_input)
+
+
+def prune(model: nn.Module, groups: Sequence[ChannelGroup], scores: Sequence[torch.Tensor],
+          ratio: float = 0.5, target: str = "structures", min_channels: int = 1,
+          normalize: str = "none", example_input: torch.Tensor | None = None) -> PruneResult:
+    """Remove the lowest-saliency structures globally until ``ratio`` of the ``target`` is gone."""
+    ratio = check_ratio(ratio)
+    if target not in TARGETS:
+        raise ConfigError(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
+    if normalize not in NORMALIZE:
+        raise ConfigError(f"normalize must be one of {', '.join(NORMALIZE)}, got {normalize!r}")
+    if example_input is None:
+        example_input = getattr(groups, "example_input", None)
+    if example_input is None:
+        raise ConfigError("prune needs an example_input (or groups from sosp.structures.channel_groups)")
+    example_input = example_input[:1]
+    start = time.perf_counter()
+    if normalize == "cost":
+        costs = cost_per_structure(model, groups, example_input)
+        scores = [s.double().cpu() / c for s, c in zip(scores, costs)]
+    order = removal_order(groups, scores, min_channels)
+    total = sum(g.size for g in groups)
+    if target == "structures":
+        k = round(ratio * total)
+        if k > len(order):
+            raise ConfigError(
+                f"ratio {ratio} asks to remove {k} of {total} structures, but keeping min_channels="
+                f"{min_channels} in each of {len(groups)} groups allows at most {len(order)}")
+        removed = as_removed(groups, order[:k])
+        pruned = remove_channels(model, groups, removed, example_input)
+    else:
+        k, removed, pruned = _search_cost_target(model, groups, order, ratio, target, example_input)
+    report = describe(model, pruned, groups, removed, example_input)
+    report.update(ratio=ratio, target=target, min_channels=min_channels, normalize=normalize,
+                  selection_seconds=time.perf_counter() - start)
+    return PruneResult(model=pruned, removed=removed, report=report)
+
+
+def _search_cost_target(model, groups, order, ratio, target, example_input):
+    """Smallest ``k`` whose pruned model has at most ``(1 - ratio)`` of the base cost."""
+    base = _count(model, example_input, target)
+    goal = (1.0 - ratio) * base
+    cache: dict[int, tuple[dict, nn.Module, int]] = {}
+
+    def evaluate(k: int):
+        if k not in cache:
+            removed = as_removed(groups, order[:k])
+            pruned = remove_channels(model, groups, removed, example_input)
+            cache[k] = (removed, pruned, _count(pruned, example_input, target))
+        return cache[k]
+
+    lo, hi = 0, len(order)
+    if evaluate(hi)[2] > goal:
+        raise ConfigError(
+            f"ratio {ratio} of {target} cannot be reached: removing every removable structure leaves "
+            f"{evaluate(hi)[2] / base:.3f} of the base {target}")
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if evaluate(mid)[2] <= goal:
+            hi = mid
+        else:
+            lo = mid + 1
+    removed, pruned, _ = evaluate(lo)
+    return lo, removed, pruned
+
+
+def describe(base: nn.Module, pruned: nn.Module, groups: Sequence[ChannelGroup],
+             removed: dict[str, Sequence[int]], example_input: torch.Tensor) -> dict:
+    """What was removed, per group and per layer, and the achieved params/MACs."""
+    total = sum(g.size for g in groups)
+    per_group = [{"group": g.name, "size": g.size, "removed": len(removed.get(g.name, ()))} for g in groups]
+    per_layer = [{"layer": p, "group": g.name, "channels": g.size, "removed": len(removed.get(g.name, ()))}
+                 for g in groups for p in g.producers]
+    params_before, params_after = measure.count_params(base), measure.count_params(pruned)
+    macs_before, macs_after = measure.count_macs(base, example_input), measure.count_macs(pruned, example_input)
+    return {
+        "num_structures": total,
+        "num_removed": sum(r["removed"] for r in per_group),
+        "achieved_fraction": sum(r["removed"] for r in per_group) / max(total, 1),
+        "params_before": params_before, "params_after": params_after,
+        "macs_before": macs_before, "macs_after": macs_after,
+        "params_fraction_removed": 1 - params_after / params_before,
+        "macs_fraction_removed": 1 - macs_after / macs_before if macs_before else 0.0,
+        "per_group": per_group, "per_layer": per_layer,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Every pruning method by name: channel-saliency methods share selection and surgery; methods with
+# their own surgery (EigenDamage) register a whole pruning function.
+
+PRUNERS: dict[str, Callable] = {}
+
+
+def register_pruner(name: str):
+    def decorate(fn: Callable) -> Callable:
+        PRUNERS[name] = fn
+        return fn
+    return decorate
+
+
+class _MethodNames:
+    """``METHODS``: a live view of every registered name (channel methods plus whole pruners)."""
+
+    def _names(self) -> list[str]:
+        saliency._load_baselines()
+        return sorted(set(saliency.METHODS) | set(PRUNERS))
+
+    def __iter__(self):
+        return iter(self._names())
+
+    def __contains__(self, name) -> bool:
+        return name in self._names()
+
+    def __len__(self) -> int:
+        return len(self._names())
+
+    def __repr__(self) -> str:
+        return repr(self._names())
+
+
+METHODS = _MethodNames()
+
+
+def run(method: str, model: nn.Module, batches: Iterable, ratio: float, *, example_input: torch.Tensor,
+        target: str = "structures", min_channels: int = 1, normalize: str = "none",
+        num_samples: int | None = None, seed: int = 0, **options) -> PruneResult:
+    """Score with ``method`` on ``batches`` and prune to ``ratio``: the one call every rule makes."""
+    check_ratio(ratio)
+    if method not in METHODS:
+        raise UnknownNameError("pruning method", method, list(METHODS))
+    start = time.perf_counter()
+    if method in PRUNERS:
+        result = PRUNERS[method](model, batches, ratio, example_input=example_input, target=target,
+                                 num_samples=num_samples, seed=seed, **options)
+    else:
+        fn = saliency.method(method)
+        if "seed" in inspect.signature(fn).parameters and "seed" not in options:
+            options["seed"] = seed
+        groups = channel_groups(model, example_input)
+        timings: dict = {}
+        scores = saliency.score(method, model, groups, batches, num_samples=num_samples,
+                                timings=timings, **options)
+        result = prune(model, groups, scores, ratio=ratio, target=target, min_channels=min_channels,
+                       normalize=normalize, example_input=example_input)
+        result.report.update(timings)
+        result.report["scores"] = {g.name: s.tolist() for g, s in zip(groups, scores)}
+    result.report.update(method=method, options=dict(options), seed=seed,
+                         prune_seconds=time.perf_counter() - start)
+    return result

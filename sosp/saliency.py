@@ -1,0 +1,210 @@
+"""Channel saliencies: SOSP-H, SOSP-I and the registry every channel method is selected from.
+
+A saliency method maps ``(model, groups, batches, **options)`` to one 1-D tensor per group, higher
+meaning more important. Register a new method with :func:`register` (one decorator in one file) and
+it becomes selectable by name in :func:`score`, the command line and the workflow config.
+"""
+from __future__ import annotations
+
+import inspect
+import itertools
+import math
+import os
+import time
+from typing import Callable, Iterable, Iterator, Sequence
+
+import torch
+import torch.nn as nn
+
+from . import curvature
+from .errors import ConfigError, SospError, UnknownNameError
+from .structures import ChannelGroup, split_flat, total_structures
+
+METHODS: dict[str, Callable] = {}
+_BASELINE_MODULES = ("baselines.random", "baselines.magnitude", "baselines.taylor", "baselines.eigendamage")
+
+
+def register(name: str):
+    """Decorator: add a saliency function to :data:`METHODS` under ``name``."""
+    def decorate(fn: Callable) -> Callable:
+        METHODS[name] = fn
+        return fn
+    return decorate
+
+
+def method(name: str) -> Callable:
+    _load_baselines()
+    if name not in METHODS:
+        raise UnknownNameError("saliency method", name, METHODS)
+    return METHODS[name]
+
+
+def _load_baselines() -> None:
+    import importlib
+    for module in _BASELINE_MODULES:
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as err:
+            if err.name != module:
+                raise
+
+
+def score(method_name: str, model: nn.Module, groups: Sequence[ChannelGroup], batches: Iterable,
+          *, num_samples: int | None = None, timings: dict | None = None, **options) -> list[torch.Tensor]:
+    """Saliency of every structure, one tensor per group (length ``group.size``).
+
+    ``batches`` yields ``(x, y)``; at most ``num_samples`` samples are used (all if None). Unknown
+    options raise :class:`ConfigError` naming the option and the valid ones. ``timings``, if given,
+    receives the seconds spent (key ``saliency_seconds``).
+    """
+    fn = method(method_name)
+    check_options(method_name, fn, options)
+    start = time.perf_counter()
+    scores = fn(model, groups, limit_samples(batches, num_samples), **options)
+    if timings is not None:
+        timings["saliency_seconds"] = time.perf_counter() - start
+    scores = [s.detach().to("cpu", torch.float64) for s in scores]
+    for g, s in zip(groups, scores):
+        if s.shape != (g.size,):
+            raise RuntimeError(f"method {method_name!r} returned shape {tuple(s.shape)} for group {g.name}")
+        if not torch.isfinite(s).all():
+            raise SospError(f"method {method_name!r} produced non-finite saliencies in group {g.name}")
+    return scores
+
+
+def check_options(name: str, fn: Callable, options: dict) -> None:
+    params = inspect.signature(fn).parameters
+    valid = [p for p, v in params.items() if v.kind == v.KEYWORD_ONLY]
+    for key in options:
+        if key not in valid:
+            raise ConfigError(f"method {name!r} has no option {key!r}; options: {', '.join(valid) or 'none'}")
+
+
+def limit_samples(batches: Iterable, num_samples: int | None) -> Iterator:
+    """The batches, with the last one cut so that exactly ``num_samples`` samples are used."""
+    if num_samples is not None and num_samples <= 0:
+        raise ConfigError(f"num_samples must be positive, got {num_samples}")
+    seen = 0
+    for x, y in batches:
+        if num_samples is not None:
+            if seen >= num_samples:
+                return
+            x, y = x[: num_samples - seen], y[: num_samples - seen]
+        seen += len(x)
+        yield x, y
+
+
+def _to_device(model: nn.Module, x: torch.Tensor, y: torch.Tensor):
+    p = next(model.parameters())
+    return x.to(p.device, p.dtype if x.is_floating_point() else x.dtype), y.to(p.device)
+
+
+# ---------------------------------------------------------------------------------------------
+# SOSP-H
+
+
+SOSP_H_COMBINE = {
+    "separate": lambda g, gv: g.abs() + 0.5 * gv.abs(),
+    "joint": lambda g, gv: (-g + 0.5 * gv).abs(),
+    "second_order": lambda g, gv: 0.5 * gv.abs(),
+}
+CURVATURE_PRODUCTS = {
+    "ggn": curvature.gradient_and_ggn_ones,
+    "hessian": curvature.gradient_and_hessian_ones,
+}
+
+
+def sosp_h_terms(model: nn.Module, groups: Sequence[ChannelGroup], batches: Iterable,
+                 curvature: str = "ggn") -> dict:
+    """Sample-weighted means of ``g`` and ``G 1`` (or ``H 1``) over all batches."""
+    if curvature not in CURVATURE_PRODUCTS:
+        raise ConfigError(f"curvature must be one of {sorted(CURVATURE_PRODUCTS)}, got {curvature!r}")
+    product = CURVATURE_PRODUCTS[curvature]
+    g_sum = gv_sum = None
+    n = 0
+    for x, y in batches:
+        x, y = _to_device(model, x, y)
+        g, gv, _ = product(model, groups, x, y)
+        g_sum = g * len(x) if g_sum is None else g_sum + g * len(x)
+        gv_sum = gv * len(x) if gv_sum is None else gv_sum + gv * len(x)
+        n += len(x)
+    if n == 0:
+        raise SospError("no calibration samples: the batches were empty")
+    return {"g": g_sum / n, "Gv": gv_sum / n, "num_samples": n}
+
+
+@register("sosp_h")
+def sosp_h(model, groups, batches, *, combine: str = "separate", curvature: str = "ggn"):
+    """SOSP-H: ``|g_s| + 1/2 |(G 1)_s|``, one GGN-vector product per batch (method.md section 4)."""
+    if combine not in SOSP_H_COMBINE:
+        raise ConfigError(f"combine must be one of {sorted(SOSP_H_COMBINE)}, got {combine!r}")
+    terms = sosp_h_terms(model, groups, batches, curvature=curvature)
+    return split_flat(SOSP_H_COMBINE[combine](terms["g"], terms["Gv"]), groups)
+
+
+# ---------------------------------------------------------------------------------------------
+# SOSP-I
+
+
+def _available_memory_bytes() -> int:
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 8 << 30
+
+
+def check_pairwise_memory(num_structures: int, dtype: torch.dtype, max_bytes: int | None = None) -> None:
+    """SOSP-I holds an ``S x S`` matrix: refuse with a clear message when it cannot fit."""
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    needed = num_structures ** 2 * itemsize
+    budget = max_bytes if max_bytes is not None else _available_memory_bytes() // 2
+    if needed > budget:
+        raise SospError(
+            f"SOSP-I needs the full {num_structures} x {num_structures} curvature matrix "
+            f"({needed / 2**30:.2f} GiB) but only {budget / 2**30:.2f} GiB may be used; "
+            "use sosp_h, or raise the limit with the option max_bytes")
+
+
+def sosp_i_terms(model: nn.Module, groups: Sequence[ChannelGroup], batches: Iterable,
+                 estimator: str = "exact", mc_samples: int = 1, seed: int = 0,
+                 max_bytes: int | None = None) -> dict:
+    """Sample-weighted means of ``g`` and the full Gauss-Newton matrix ``G`` (method.md section 3)."""
+    if estimator not in ("exact", "mc"):
+        raise ConfigError(f"estimator must be 'exact' or 'mc', got {estimator!r}")
+    if mc_samples < 1:
+        raise ConfigError(f"mc_samples must be at least 1, got {mc_samples}")
+    p0 = next(model.parameters())
+    num_structures = total_structures(groups)
+    check_pairwise_memory(num_structures, p0.dtype, max_bytes)
+    G = torch.zeros(num_structures, num_structures, dtype=p0.dtype, device=p0.device)
+    g = torch.zeros(num_structures, dtype=p0.dtype, device=p0.device)
+    generator = torch.Generator(device=p0.device).manual_seed(seed)
+    n = 0
+    for x, y in batches:
+        x, y = _to_device(model, x, y)
+        if estimator == "exact":
+            J, logits = curvature.per_sample_jacobians(model, groups, x)
+            G += curvature.gauss_newton_exact(J, logits)
+            g += curvature.loss_gradient_from_jacobians(J, logits, y)
+        else:
+            def labels(logits, y=y):
+                sampled = torch.multinomial(logits.float().softmax(-1), mc_samples, replacement=True,
+                                            generator=generator)
+                return torch.cat([y.unsqueeze(1), sampled], dim=1)
+            v, _ = curvature.per_sample_gradients(model, groups, x, labels)
+            g += v[0].sum(0)
+            sampled = v[1:].reshape(-1, num_structures)
+            G += sampled.T @ sampled / mc_samples
+        n += len(x)
+    if n == 0:
+        raise SospError("no calibration samples: the batches were empty")
+    return {"g": g / n, "G": G / n, "num_samples": n}
+
+
+@register("sosp_i")
+def sosp_i(model, groups, batches, *, estimator: str = "exact", mc_samples: int = 1, seed: int = 0,
+           max_bytes: int | None = None):
+    """SOSP-I: ``|g_s| + 1/2 sum_s' |G_ss'|`` with the full pairwise curvature (method.md section 3)."""
+    terms = sosp_i_terms(model, groups, batches, estimator=estimator, mc_samples=mc_samples,
+                         seed=seed, max_bytes=max_bytes)
+    return split_flat(terms["g"].abs() + 0.5 * terms["G"].abs().sum(dim=1), groups)
