@@ -1,0 +1,120 @@
+"""Selection, targets and surgery: the pruned model computes what the gated model computes."""
+import pytest
+import torch
+
+import toy_models
+from sosp import measure, models, prune, structures
+from sosp.errors import ConfigError
+
+
+def gated_vs_pruned(model, x, ratio=0.3, seed=0):
+    """Outputs of the gated model (removed gates at 0) and of the physically pruned model."""
+    model = model.eval()
+    groups = structures.channel_groups(model, x[:1])
+    gen = torch.Generator().manual_seed(seed)
+    scores = [torch.rand(g.size, generator=gen) for g in groups]
+    result = prune.prune(model, groups, scores, ratio=ratio)
+    gates = structures.zero_gates(groups, result.removed, dtype=x.dtype)
+    with torch.no_grad():
+        with structures.gates_applied(model, groups, gates):
+            gated = model(x)
+        pruned = result.model.eval()(x)
+    return gated, pruned, result, groups
+
+
+@pytest.mark.parametrize("kind", ["resnet", "vgg"])
+def test_toy_models_gated_equals_pruned_exactly(kind):
+    model = toy_models.make(kind)
+    x = torch.randn(4, 1, 8, 8, dtype=torch.float64)
+    gated, pruned, result, groups = gated_vs_pruned(model, x, ratio=0.4)
+    assert torch.allclose(gated, pruned, rtol=1e-10, atol=1e-12)
+    assert result.report["num_removed"] == round(0.4 * sum(g.size for g in groups))
+    assert measure.count_params(result.model) < measure.count_params(model)
+
+
+@pytest.mark.parametrize("name, options", [("resnet20", {"shortcut": "A"}), ("resnet20", {"shortcut": "B"}),
+                                           ("vgg11", {})])
+def test_cifar_models_gated_equals_pruned(name, options):
+    torch.manual_seed(0)
+    model = models.create(name, num_classes=10, in_channels=1, **options)
+    toy_models.randomize_batchnorm(model)
+    x = torch.randn(3, 1, 8, 8)
+    gated, pruned, result, groups = gated_vs_pruned(model, x, ratio=0.5)
+    assert torch.allclose(gated, pruned, rtol=1e-4, atol=1e-5 * gated.abs().max().item())
+    assert result.report["macs_after"] < result.report["macs_before"]
+    if options.get("shortcut") == "A":  # residual stream declared unprunable: only inner channels
+        assert all(len(g.producers) == 1 and g.name.endswith("conv1") and g.name != "conv1" for g in groups)
+    if options.get("shortcut") == "B":
+        assert any(len(g.producers) > 2 for g in groups), "stream groups couple stem, blocks and projections"
+
+
+def test_min_channels_and_impossible_ratio():
+    model = toy_models.make("resnet")
+    x = torch.randn(2, 1, 8, 8, dtype=torch.float64)
+    groups = structures.channel_groups(model, x[:1])
+    scores = [torch.zeros(g.size) for g in groups]
+    order = prune.removal_order(groups, scores, min_channels=2)
+    assert len(order) == sum(g.size - 2 for g in groups)
+    with pytest.raises(ConfigError, match="at most"):
+        prune.prune(model, groups, scores, ratio=0.99, min_channels=2)
+    for bad in (-0.1, 1.0, 1.5):
+        with pytest.raises(ConfigError, match=r"ratio must be in \[0, 1\)"):
+            prune.prune(model, groups, scores, ratio=bad)
+
+
+def test_global_ranking_removes_lowest_scores_first():
+    model = toy_models.make("vgg")
+    x = torch.randn(2, 1, 8, 8, dtype=torch.float64)
+    groups = structures.channel_groups(model, x[:1])
+    flat = torch.randperm(sum(g.size for g in groups), generator=torch.Generator().manual_seed(3)).double()
+    scores = structures.split_flat(flat, groups)
+    result = prune.prune(model, groups, scores, ratio=0.25)
+    k = result.report["num_removed"]
+    removed_scores = sorted(float(scores[i][c]) for i, g in enumerate(groups) for c in result.removed.get(g.name, []))
+    assert removed_scores == sorted(flat.tolist())[:k]
+
+
+@pytest.mark.parametrize("target", ["macs", "params"])
+def test_cost_targets_reach_the_requested_fraction_within_one_structure(target):
+    torch.manual_seed(0)
+    model = models.create("resnet20", num_classes=10, in_channels=1).eval()
+    x = torch.randn(1, 1, 8, 8)
+    groups = structures.channel_groups(model, x)
+    scores = [torch.rand(g.size) for g in groups]
+    result = prune.prune(model, groups, scores, ratio=0.4, target=target)
+    count = (lambda m: measure.count_macs(m, x)) if target == "macs" else measure.count_params
+    base, after = count(model), count(result.model)
+    assert after <= 0.6 * base
+    # one structure fewer would miss the target: the search found the smallest k
+    order = prune.removal_order(groups, scores)
+    k = result.report["num_removed"]
+    fewer = prune.remove_channels(model, groups, prune.as_removed(groups, order[:k - 1]), x)
+    assert count(fewer) > 0.6 * base
+
+
+def test_cost_normalisation_changes_the_ranking_by_cost():
+    model = toy_models.make("resnet")
+    x = torch.randn(1, 1, 8, 8, dtype=torch.float64)
+    groups = structures.channel_groups(model, x)
+    costs = prune.cost_per_structure(model, groups, x)
+    assert all((c > 0).all() for c in costs)
+    ones = [torch.ones(g.size) for g in groups]
+    result = prune.prune(model, groups, ones, ratio=0.2, normalize="cost")
+    # equal saliency: the most expensive channels go first
+    cheapest_removed = min(costs[i][0].item() for i, g in enumerate(groups) if g.name in result.removed)
+    most_expensive_kept = max(costs[i][0].item() for i, g in enumerate(groups)
+                              if len(result.removed.get(g.name, [])) < g.size - 1)
+    assert cheapest_removed >= most_expensive_kept - 1e-9 or len(result.removed) == len(groups)
+
+
+def test_run_records_scores_timings_and_layers():
+    torch.manual_seed(0)
+    model = toy_models.make("resnet", dtype=torch.float32)
+    x = torch.randn(8, 1, 8, 8)
+    y = torch.randint(0, 5, (8,))
+    result = prune.run("sosp_h", model, [(x, y)], 0.3, example_input=x[:1])
+    report = result.report
+    assert report["method"] == "sosp_h" and report["saliency_seconds"] > 0
+    assert {"per_group", "per_layer", "scores", "params_after", "macs_after", "achieved_fraction"} <= set(report)
+    assert set(report["scores"]) == {g["group"] for g in report["per_group"]}
+    assert "sosp_h" in prune.METHODS and "sosp_i" in prune.METHODS
