@@ -55,17 +55,20 @@ def gradient_and_ggn_ones(model: nn.Module, groups: Sequence[ChannelGroup], x: t
     """
     dtype, device = _gate_dtype(model)
     gates = torch.ones(total_structures(groups), dtype=dtype, device=device, requires_grad=True)
-    with scoring_mode(model), fwAD.dual_level():
-        dual_gates = fwAD.make_dual(gates, torch.ones_like(gates))
-        with gates_applied(model, groups, dual_gates):
-            logits, u = fwAD.unpack_dual(model(x))
-        logits = logits.float() if logits.dtype == torch.bfloat16 else logits
+    with scoring_mode(model):
+        with fwAD.dual_level():
+            dual_gates = fwAD.make_dual(gates, torch.ones_like(gates))
+            with gates_applied(model, groups, dual_gates):
+                logits, u = fwAD.unpack_dual(model(x))
+            u = u.detach()
+        # The reverse pass runs outside the dual level: inside it, every backward op would also
+        # propagate tangents (double the cost, and unsupported for some ops such as silu_backward).
         p = logits.detach().softmax(dim=-1)
-        r = softmax_hessian_product(logits.detach(), u.detach())
+        r = softmax_hessian_product(logits.detach(), u.to(p.dtype))
         loss_cotangent = (p - F.one_hot(y, p.shape[-1]).to(p.dtype)) / len(x)  # d loss / d logits
-        cotangents = torch.stack([loss_cotangent, r / len(x)])
+        cotangents = torch.stack([loss_cotangent, r / len(x)]).to(logits.dtype)
         (both,) = torch.autograd.grad(logits, gates, cotangents, is_grads_batched=True)
-        loss = F.cross_entropy(logits.detach(), y)
+        loss = F.cross_entropy(logits.detach().float(), y)
     return both[0], both[1], loss
 
 

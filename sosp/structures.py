@@ -48,6 +48,7 @@ class ChannelGroup:
     gated_modules: tuple[str, ...]
     producers: tuple[str, ...]
     consumers: tuple[str, ...]
+    normalized_modules: tuple[str, ...] = ()
 
 
 def classifier_name(model: nn.Module, example_input: torch.Tensor) -> str:
@@ -109,7 +110,7 @@ def channel_groups(model: nn.Module, example_input: torch.Tensor,
 
 
 def _describe(tp_group, graph: tp.DependencyGraph, names: dict, order: dict) -> ChannelGroup:
-    producers, consumers, gated = [], [], []
+    producers, consumers, gated, normalized = [], [], [], []
     size = len(tp_group[0].idxs)
     for item in tp_group.items:
         module = item.dep.target.module
@@ -117,6 +118,10 @@ def _describe(tp_group, graph: tp.DependencyGraph, names: dict, order: dict) -> 
             continue  # functional ops (add, concat, ...) carry no parameters
         name = names[module]
         is_out = graph.is_out_channel_pruning_fn(item.dep.handler)
+        if _is_channel_layernorm(module):
+            if name not in normalized:
+                normalized.append(name)
+            continue
         if not isinstance(module, CHANNELWISE_TYPES) and _has_channel_params(module):
             raise UnsupportedModelError(
                 f"layer {name!r} ({type(module).__name__}) mixes or rescales the channels of group "
@@ -134,7 +139,12 @@ def _describe(tp_group, graph: tp.DependencyGraph, names: dict, order: dict) -> 
     producers = sorted(set(producers), key=order.__getitem__)
     gated = sorted(set(gated), key=order.__getitem__)
     return ChannelGroup(name=producers[0], size=size, gated_modules=tuple(gated),
-                        producers=tuple(producers), consumers=tuple(sorted(consumers, key=order.__getitem__)))
+                        producers=tuple(producers), consumers=tuple(sorted(consumers, key=order.__getitem__)),
+                        normalized_modules=tuple(sorted(normalized, key=order.__getitem__)))
+
+
+def _is_channel_layernorm(module: nn.Module) -> bool:
+    return isinstance(module, nn.LayerNorm) and len(module.normalized_shape) == 1
 
 
 def _has_channel_params(module: nn.Module) -> bool:
@@ -159,7 +169,36 @@ def split_flat(flat: torch.Tensor, groups: Sequence[ChannelGroup]) -> list[torch
 
 
 def _channel_dim(module: nn.Module) -> int:
-    return -1 if isinstance(module, (nn.Linear, nn.LayerNorm)) else 1
+    """Where a module's output keeps its channels: last for Linear/LayerNorm (channels-last), else 1.
+
+    timm's ``LayerNorm2d`` subclasses ``nn.LayerNorm`` but takes and returns NCHW tensors.
+    """
+    if isinstance(module, nn.LayerNorm) and not type(module).__name__.endswith("2d"):
+        return -1
+    return -1 if isinstance(module, nn.Linear) else 1
+
+
+def gated_layer_norm(module: nn.LayerNorm, x: torch.Tensor, gate: torch.Tensor, dim: int) -> torch.Tensor:
+    """LayerNorm over the channels with gate-weighted statistics, output multiplied by the gate.
+
+    Removing a channel changes the mean and variance that a channel LayerNorm computes over the
+    others, so a plain output gate would not match surgery. With weights ``c``:
+    ``mu = sum c x / sum c``, ``var = sum c (x - mu)^2 / sum c``. At ``c = 1`` this is the layer
+    itself; with some ``c_s = 0`` it is exactly the pruned layer; in between it is differentiable, so
+    the derivatives of SOSP include how a channel's removal renormalises the others.
+    """
+    w = _broadcast(gate, x, dim).to(x.dtype)
+    count = w.sum(dim=dim, keepdim=True)
+    mean = (w * x).sum(dim=dim, keepdim=True) / count
+    var = (w * (x - mean) ** 2).sum(dim=dim, keepdim=True) / count
+    out = (x - mean) * torch.rsqrt(var + module.eps)
+    if module.elementwise_affine:
+        shape = [1] * x.dim()
+        shape[dim] = -1
+        out = out * module.weight.reshape(shape)
+        if module.bias is not None:
+            out = out + module.bias.reshape(shape)
+    return out * w
 
 
 def _broadcast(gate: torch.Tensor, output: torch.Tensor, dim: int) -> torch.Tensor:
@@ -192,6 +231,11 @@ def gates_applied(model: nn.Module, groups: Sequence[ChannelGroup],
                 dim = _channel_dim(module)
                 handles.append(module.register_forward_hook(
                     lambda m, i, out, gate=gate, dim=dim: out * _broadcast(gate, out, dim)))
+            for name in group.normalized_modules:
+                module = modules[name]
+                dim = _channel_dim(module)
+                handles.append(module.register_forward_hook(
+                    lambda m, i, out, gate=gate, dim=dim: gated_layer_norm(m, i[0], gate, dim)))
         yield
     finally:
         for h in handles:
