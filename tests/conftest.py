@@ -9,3 +9,19 @@ sys.path.insert(0, os.path.dirname(__file__))
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def digits_resnet20():
+    """``(model, data)``: resnet20 trained on digits with the default budget (about 30 s, once).
+
+    Tests that use it carry ``@pytest.mark.xdist_group("digits_resnet20")`` so one worker trains it.
+    """
+    from sosp import data, models, train
+
+    bundle = data.load("digits")
+    model = models.create("resnet20", num_classes=bundle.num_classes, in_channels=bundle.in_channels)
+    train.train(model, bundle, train.DEFAULT_DIGITS_CONFIG, seed=0, progress=False)
+    return model.eval(), bundle
