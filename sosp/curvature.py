@@ -45,13 +45,19 @@ def softmax_hessian_product(logits: torch.Tensor, v: torch.Tensor) -> torch.Tens
     return p * v - p * (p * v).sum(dim=-1, keepdim=True)
 
 
-def gradient_and_ggn_ones(model: nn.Module, groups: Sequence[ChannelGroup], x: torch.Tensor,
-                          y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(g, G 1, loss)`` of one batch: one forward-mode JVP plus one (two-cotangent) reverse pass.
+Combination = tuple[float, float]
+GRADIENT_AND_CURVATURE: tuple[Combination, ...] = ((1.0, 0.0), (0.0, 1.0))
+
+
+def ggn_ones_combinations(model: nn.Module, groups: Sequence[ChannelGroup], x: torch.Tensor, y: torch.Tensor,
+                          combinations: Sequence[Combination] = GRADIENT_AND_CURVATURE) -> list[torch.Tensor]:
+    """``a g + b G 1`` for every ``(a, b)``: one forward-mode JVP plus one reverse pass per combination.
 
     The JVP with all-ones gate tangent gives ``u_n = J_n 1`` together with the logits; then
-    ``r_n = Lambda_n u_n`` (detached) makes ``d/dc (1/B) sum_n r_n . f_n = G 1``. Both vector-Jacobian
-    products reuse the same graph, batched into one backward call.
+    ``r_n = Lambda_n u_n`` (detached) makes ``d/dc (1/B) sum_n r_n . f_n = G 1``, and the loss gradient
+    is the vector-Jacobian product with ``p_n - y_n``. Each combination is one cotangent on the same
+    graph; all are batched into one backward call. A score that needs only one combination (e.g.
+    ``|-g + 1/2 G 1|``) pays one reverse pass, not two.
     """
     dtype, device = _gate_dtype(model)
     gates = torch.ones(total_structures(groups), dtype=dtype, device=device, requires_grad=True)
@@ -65,23 +71,26 @@ def gradient_and_ggn_ones(model: nn.Module, groups: Sequence[ChannelGroup], x: t
         # propagate tangents (double the cost, and unsupported for some ops such as silu_backward).
         p = logits.detach().softmax(dim=-1)
         r = softmax_hessian_product(logits.detach(), u.to(p.dtype))
-        loss_cotangent = (p - F.one_hot(y, p.shape[-1]).to(p.dtype)) / len(x)  # d loss / d logits
-        cotangents = torch.stack([loss_cotangent, r / len(x)]).to(logits.dtype)
-        (both,) = torch.autograd.grad(logits, gates, cotangents, is_grads_batched=True)
-        loss = F.cross_entropy(logits.detach().float(), y)
-    return both[0], both[1], loss
+        residual = p - F.one_hot(y, p.shape[-1]).to(p.dtype)  # d loss_n / d logits_n
+        cotangents = torch.stack([(a * residual + b * r) / len(x) for a, b in combinations]).to(logits.dtype)
+        if len(combinations) == 1:
+            (vjp,) = torch.autograd.grad(logits, gates, cotangents[0])
+            return [vjp]
+        (vjps,) = torch.autograd.grad(logits, gates, cotangents, is_grads_batched=True)
+    return list(vjps)
 
 
-def gradient_and_hessian_ones(model: nn.Module, groups: Sequence[ChannelGroup], x: torch.Tensor,
-                              y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(g, H 1, loss)`` with the exact Hessian of the loss w.r.t. the gates (double backward)."""
+def hessian_ones_combinations(model: nn.Module, groups: Sequence[ChannelGroup], x: torch.Tensor, y: torch.Tensor,
+                              combinations: Sequence[Combination] = GRADIENT_AND_CURVATURE) -> list[torch.Tensor]:
+    """``a g + b H 1`` with the exact Hessian of the loss w.r.t. the gates (double backward)."""
     dtype, device = _gate_dtype(model)
     gates = torch.ones(total_structures(groups), dtype=dtype, device=device, requires_grad=True)
     with scoring_mode(model), gates_applied(model, groups, gates):
         loss = F.cross_entropy(model(x), y)
         (g,) = torch.autograd.grad(loss, gates, create_graph=True)
         (h1,) = torch.autograd.grad(g.sum(), gates)
-    return g.detach(), h1, loss.detach()
+    g = g.detach()
+    return [a * g + b * h1 for a, b in combinations]
 
 
 def per_sample_jacobians(model: nn.Module, groups: Sequence[ChannelGroup],

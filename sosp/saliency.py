@@ -103,34 +103,43 @@ def _to_device(model: nn.Module, x: torch.Tensor, y: torch.Tensor):
 # SOSP-H
 
 
+# combine -> (the combinations a g + b G1 it needs, how they make the score). Each combination is one
+# reverse pass, so `joint` and `second_order` cost one backward, `separate` two.
 SOSP_H_COMBINE = {
-    "separate": lambda g, gv: g.abs() + 0.5 * gv.abs(),
-    "joint": lambda g, gv: (-g + 0.5 * gv).abs(),
-    "second_order": lambda g, gv: 0.5 * gv.abs(),
+    "separate": (((1.0, 0.0), (0.0, 1.0)), lambda v: v[0].abs() + 0.5 * v[1].abs()),
+    "joint": (((-1.0, 0.5),), lambda v: v[0].abs()),
+    "second_order": (((0.0, 0.5),), lambda v: v[0].abs()),
 }
 CURVATURE_PRODUCTS = {
-    "ggn": curvature.gradient_and_ggn_ones,
-    "hessian": curvature.gradient_and_hessian_ones,
+    "ggn": curvature.ggn_ones_combinations,
+    "hessian": curvature.hessian_ones_combinations,
 }
+
+
+def curvature_combinations(model: nn.Module, groups: Sequence[ChannelGroup], batches: Iterable,
+                           curvature: str = "ggn",
+                           combinations=curvature.GRADIENT_AND_CURVATURE) -> tuple[list[torch.Tensor], int]:
+    """Sample-weighted means over all batches of ``a g + b G 1`` (or ``H 1``) for each ``(a, b)``."""
+    if curvature not in CURVATURE_PRODUCTS:
+        raise ConfigError(f"curvature must be one of {sorted(CURVATURE_PRODUCTS)}, got {curvature!r}")
+    product = CURVATURE_PRODUCTS[curvature]
+    sums = None
+    n = 0
+    for x, y in batches:
+        x, y = _to_device(model, x, y)
+        vectors = [v * len(x) for v in product(model, groups, x, y, combinations)]
+        sums = vectors if sums is None else [s + v for s, v in zip(sums, vectors)]
+        n += len(x)
+    if n == 0:
+        raise SospError("no calibration samples: the batches were empty")
+    return [s / n for s in sums], n
 
 
 def sosp_h_terms(model: nn.Module, groups: Sequence[ChannelGroup], batches: Iterable,
                  curvature: str = "ggn") -> dict:
     """Sample-weighted means of ``g`` and ``G 1`` (or ``H 1``) over all batches."""
-    if curvature not in CURVATURE_PRODUCTS:
-        raise ConfigError(f"curvature must be one of {sorted(CURVATURE_PRODUCTS)}, got {curvature!r}")
-    product = CURVATURE_PRODUCTS[curvature]
-    g_sum = gv_sum = None
-    n = 0
-    for x, y in batches:
-        x, y = _to_device(model, x, y)
-        g, gv, _ = product(model, groups, x, y)
-        g_sum = g * len(x) if g_sum is None else g_sum + g * len(x)
-        gv_sum = gv * len(x) if gv_sum is None else gv_sum + gv * len(x)
-        n += len(x)
-    if n == 0:
-        raise SospError("no calibration samples: the batches were empty")
-    return {"g": g_sum / n, "Gv": gv_sum / n, "num_samples": n}
+    (g, gv), n = curvature_combinations(model, groups, batches, curvature)
+    return {"g": g, "Gv": gv, "num_samples": n}
 
 
 @register("sosp_h")
@@ -138,8 +147,9 @@ def sosp_h(model, groups, batches, *, combine: str = "separate", curvature: str 
     """SOSP-H: ``|g_s| + 1/2 |(G 1)_s|``, one GGN-vector product per batch (method.md section 4)."""
     if combine not in SOSP_H_COMBINE:
         raise ConfigError(f"combine must be one of {sorted(SOSP_H_COMBINE)}, got {combine!r}")
-    terms = sosp_h_terms(model, groups, batches, curvature=curvature)
-    return split_flat(SOSP_H_COMBINE[combine](terms["g"], terms["Gv"]), groups)
+    combinations, make_score = SOSP_H_COMBINE[combine]
+    vectors, _ = curvature_combinations(model, groups, batches, curvature, combinations)
+    return split_flat(make_score(vectors), groups)
 
 
 # ---------------------------------------------------------------------------------------------
