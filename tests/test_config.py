@@ -1,0 +1,112 @@
+"""The config schema: every shipped config validates; a bad key, value or type is rejected with a
+message naming it, and the workflow stops before any job."""
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
+
+REPO = Path(__file__).resolve().parents[1]
+SCHEMA = str(REPO / "workflow" / "schemas" / "config.schema.yaml")
+CONFIGS = sorted((REPO / "config").glob("*.yaml"))
+
+
+def default_config() -> dict:
+    return yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+
+
+def merged(base: dict, overlay: dict) -> dict:
+    """``overlay`` over ``base`` as Snakemake merges --configfile: mappings key by key, the rest replaced."""
+    out = copy.deepcopy(base)
+    for key, value in overlay.items():
+        out[key] = merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) \
+            else copy.deepcopy(value)
+    return out
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_shipped_configs_validate(path):
+    """Every tier file validates as used: given with --configfile on top of config/config.yaml."""
+    config = merged(default_config(), yaml.safe_load(path.read_text()) or {})
+    validate(config, SCHEMA)
+
+
+def test_defaults_are_filled_in():
+    config = default_config()
+    for key in ("resources", "report", "measure", "arch_options"):
+        config.pop(key, None)
+    config["prune"].pop("samples")
+    validate(config, SCHEMA)
+    assert config["prune"]["samples"] == 1024 and config["measure"]["latency_batches"] == [1, 256]
+    assert config["resources"]["train"] == {"threads": 1, "mem_mb": 2000, "runtime": 30}
+    assert config["report"]["figures"] == ["tradeoff_macs", "tradeoff_params"]
+
+
+def test_default_tier_matches_the_library():
+    """The default tier trains with sosp.train.DEFAULT_DIGITS_CONFIG."""
+    from sosp.train import DEFAULT_DIGITS_CONFIG, TrainConfig
+
+    config = default_config()
+    assert config["dataset"]["name"] == "digits"
+    assert TrainConfig.from_dict(config["train"]) == DEFAULT_DIGITS_CONFIG
+    TrainConfig.from_dict(config["finetune"])
+
+
+def _mutate(path: str, value) -> dict:
+    config = default_config()
+    *parents, last = path.split(".")
+    node = config
+    for key in parents:
+        node = node[key]
+    node[last] = value
+    return config
+
+
+@pytest.mark.parametrize("path, value, named", [
+    ("colour", "blue", "'colour' was unexpected"),  # unknown top-level key
+    ("prune.ratio", [0.5], "'ratio' was unexpected"),  # misspelt nested key
+    ("train.epoch", 3, "'epoch' was unexpected"),
+    ("dataset.nme", "digits", "'nme' was unexpected"),
+    ("prune.ratios", [0.3, 1.0], "prune']['ratios']"),  # ratio must be < 1
+    ("prune.ratios", [-0.1], "prune']['ratios']"),
+    ("train.epochs", "ten", "train']['epochs']"),  # bad type
+    ("seeds", [0, "1"], "['seeds']"),
+    ("prune.target", "flops", "prune']['target']"),
+    ("dataset.name", "mnist", "dataset']['name']"),
+])
+def test_bad_config_is_rejected_naming_the_key(path, value, named):
+    with pytest.raises(WorkflowError) as info:
+        validate(_mutate(path, value), SCHEMA)
+    assert named in str(info.value)
+
+
+def test_missing_required_key_is_named():
+    config = default_config()
+    del config["seeds"]
+    with pytest.raises(WorkflowError, match="'seeds' is a required property"):
+        validate(config, SCHEMA)
+
+
+@pytest.mark.slow
+def test_workflow_stops_before_any_job(tmp_path):
+    """Snakemake itself rejects a bad config up front with one line naming the key; nothing runs."""
+    for name in ("Snakefile", "workflow", "config"):
+        src = REPO / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / name)
+    bad = _mutate("prune.ratios", [0.5, 1.5])
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad))
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "1", "--configfile", "bad.yaml"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "invalid config: prune.ratios[1]: 1.5 is greater than or equal to the maximum of 1" in out, out
+    assert not (tmp_path / "work").exists() and not (tmp_path / "results").exists()
