@@ -2,8 +2,8 @@
 
 On a trained digits ResNet-20, the predicted loss change of removing one structure,
 ``-g_s + 1/2 G_ss``, must rank the true loss changes (measured by switching the gate off) almost
-perfectly, and clearly better than the first-order term alone. Measured when written (seed 0): Spearman 0.982
-(second order) vs 0.594 (first order) for single structures with 512 samples (seeds 1-3 of
+perfectly, and clearly better than the first-order term alone. Measured when written (seed 0, every third structure): Spearman 0.982
+(second order) vs 0.603 (first order) for single structures with 512 samples (seeds 1-3 of
 the fixture gave 0.900, 0.979, 0.991), 0.928 for random sets of five.
 """
 import pytest
@@ -37,13 +37,14 @@ def test_single_structure_loss_changes_are_ranked_by_the_quadratic_model(quadrat
     model, groups, x, y, terms = quadratic_setup
     g, G = terms["g"], terms["G"]
     S = len(g)
+    every_third = torch.arange(0, S, 3)  # 150 of the 448 structures keep the test quick
     true = []
-    for s in range(S):
+    for s in every_third:
         delta = torch.zeros(S)
         delta[s] = -1
         true.append(true_loss_change(model, groups, x, y, delta))
-    second_order = spearmanr((-g + 0.5 * G.diag()).numpy(), true).correlation
-    first_order = spearmanr((-g).numpy(), true).correlation
+    second_order = spearmanr((-g + 0.5 * G.diag())[every_third].numpy(), true).correlation
+    first_order = spearmanr((-g)[every_third].numpy(), true).correlation
     assert second_order > 0.9
     assert second_order > first_order + 0.1
 
