@@ -63,7 +63,19 @@ def count_macs_fvcore(model: nn.Module, example_input: torch.Tensor) -> int:
 def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return platform.processor() or device.type
+    return _cpu_model() or platform.processor() or device.type
+
+
+def _cpu_model() -> str | None:
+    """The CPU's marketing name from /proc/cpuinfo (Linux); ``platform.processor()`` is often empty."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
 
 
 def measure_latency(model: nn.Module, example_input: torch.Tensor, device="cpu", warmup: int = 10,

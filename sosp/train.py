@@ -173,6 +173,11 @@ def train(model: nn.Module, data: DataBundle, config: TrainConfig, *, seed: int,
             raise ConfigError(f"{ckpt_path} was written by a run with another training config or seed "
                               f"({state.get('config')}, seed {state.get('seed')}); delete it to start over "
                               f"or use another checkpoint folder")
+        saved_shapes = {k: tuple(v.shape) for k, v in state["model"].items()}
+        model_shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        if saved_shapes != model_shapes:
+            raise ConfigError(f"{ckpt_path} holds a model of another shape (a different architecture or "
+                              "pruned model); delete it to start over or use another checkpoint folder")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])

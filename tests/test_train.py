@@ -102,6 +102,15 @@ def test_resume_refuses_another_config(small, tmp_path):
         train(tiny(), small, CFG, seed=0, checkpoint_dir=tmp_path, progress=False)
 
 
+def test_resume_refuses_a_model_of_another_shape(small, tmp_path):
+    one_epoch = TrainConfig(epochs=1, batch_size=32, lr=0.05)
+    train(tiny(), small, one_epoch, seed=0, checkpoint_dir=tmp_path, progress=False)
+    other = tiny()
+    other.fc = nn.Linear(32, 10, bias=False)
+    with pytest.raises(ConfigError, match="another shape"):
+        train(other, small, one_epoch, seed=0, checkpoint_dir=tmp_path, progress=False)
+
+
 def test_step_schedule_and_warmup(small):
     cfg = TrainConfig(epochs=4, batch_size=64, lr=0.1, schedule="step", milestones=(0.5, 0.75))
     h = train(tiny(), small, cfg, seed=0, progress=False)
