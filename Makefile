@@ -7,7 +7,7 @@ CORES  ?= 2
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install workflow figures test clean-results
+.PHONY: install workflow figures test benchmarks benchmarks-quick benchmarks-gpu benchmarks-workflow
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,3 +25,20 @@ figures: $(STAMP)
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -n 2 --dist loadgroup -q
+
+# Timing benchmarks (not tests): CSVs and figures under results/benchmarks/, see benchmarks/README.md
+benchmarks: $(STAMP)
+	$(BIN)/python benchmarks/scoring.py
+	$(BIN)/python benchmarks/training.py
+	$(BIN)/python benchmarks/workflow.py
+
+benchmarks-quick: $(STAMP)
+	$(BIN)/python benchmarks/scoring.py --quick
+	$(BIN)/python benchmarks/training.py --quick
+	$(BIN)/python benchmarks/workflow.py --quick
+
+benchmarks-gpu: $(STAMP)
+	$(BIN)/python benchmarks/gpu.py
+
+benchmarks-workflow: $(STAMP)
+	$(BIN)/python benchmarks/workflow.py --run --cores $(CORES) --snakemake-args "--forceall"
