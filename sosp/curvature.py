@@ -15,7 +15,8 @@ import torch.autograd.forward_ad as fwAD
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .structures import ChannelGroup, gates_applied, total_structures
+from .structures import (ChannelGroup, broadcast_gate, channel_dim, gates_applied, split_flat,
+                         total_structures)
 
 
 @contextlib.contextmanager
@@ -74,7 +75,9 @@ def linear_tangents(model: nn.Module) -> Iterator[None]:
         tangent = pending.pop(module, None)
         if tangent is None:
             return None
-        return fwAD.make_dual(out, LINEAR_TANGENTS[type(module)](module, tangent))
+        with torch.no_grad():  # tangents are values, never differentiated: keep them off the graph
+            tangent = LINEAR_TANGENTS[type(module)](module, tangent)
+        return fwAD.make_dual(out, tangent)
 
     for module in model.modules():
         if type(module) in LINEAR_TANGENTS and not (isinstance(module, nn.modules.batchnorm._BatchNorm)
@@ -83,6 +86,44 @@ def linear_tangents(model: nn.Module) -> Iterator[None]:
             handles.append(module.register_forward_hook(attach, prepend=True))
     try:
         yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@contextlib.contextmanager
+def unit_tangent_gates(model: nn.Module, groups: Sequence[ChannelGroup], gates: torch.Tensor) -> Iterator[None]:
+    """Inside a dual level: gates (value 1, requiring grad) whose forward-mode tangent is all ones.
+
+    Because the gate's value and tangent are both 1, the gated output's tangent is
+    ``tangent + primal``, computed without autograd; only the primal ``out * c`` enters the graph
+    that the reverse pass differentiates. Groups with channel LayerNorms need the gate inside the
+    normalisation statistics and take the generic dual-gate path instead.
+    """
+    generic = [g.normalized_modules != () for g in groups]
+    pieces = split_flat(gates, groups)
+    tangent_ones = split_flat(fwAD.make_dual(gates, torch.ones_like(gates)), groups)
+    modules = dict(model.named_modules())
+
+    def fast(module, args, out, gate, dim):
+        primal, tangent = fwAD.unpack_dual(out)
+        with torch.no_grad():
+            new_tangent = primal.clone() if tangent is None else tangent + primal  # own storage: in-place ops follow
+        return fwAD.make_dual(primal * broadcast_gate(gate, primal, dim), new_tangent)
+
+    handles = []
+    try:
+        fast_groups = [g for g, slow in zip(groups, generic) if not slow]
+        fast_pieces = [p for p, slow in zip(pieces, generic) if not slow]
+        for group, gate in zip(fast_groups, fast_pieces):
+            for name in group.gated_modules:
+                module = modules[name]
+                handles.append(module.register_forward_hook(
+                    lambda m, i, out, gate=gate, dim=channel_dim(module): fast(m, i, out, gate, dim)))
+        slow_groups = [g for g, slow in zip(groups, generic) if slow]
+        slow_gates = [t for t, slow in zip(tangent_ones, generic) if slow]
+        with gates_applied(model, slow_groups, slow_gates):
+            yield
     finally:
         for h in handles:
             h.remove()
@@ -117,8 +158,7 @@ def ggn_ones_combinations(model: nn.Module, groups: Sequence[ChannelGroup], x: t
     gates = torch.ones(total_structures(groups), dtype=dtype, device=device, requires_grad=True)
     with scoring_mode(model):
         with fwAD.dual_level():
-            dual_gates = fwAD.make_dual(gates, torch.ones_like(gates))
-            with gates_applied(model, groups, dual_gates), linear_tangents(model):
+            with unit_tangent_gates(model, groups, gates), linear_tangents(model):
                 logits, u = fwAD.unpack_dual(model(x))
             u = u.detach()
         # The reverse pass runs outside the dual level: inside it, every backward op would also

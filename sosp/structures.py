@@ -168,7 +168,7 @@ def split_flat(flat: torch.Tensor, groups: Sequence[ChannelGroup]) -> list[torch
     return list(torch.split(flat, [g.size for g in groups], dim=-1))
 
 
-def _channel_dim(module: nn.Module) -> int:
+def channel_dim(module: nn.Module) -> int:
     """Where a module's output keeps its channels: last for Linear/LayerNorm (channels-last), else 1.
 
     timm's ``LayerNorm2d`` subclasses ``nn.LayerNorm`` but takes and returns NCHW tensors.
@@ -187,7 +187,7 @@ def gated_layer_norm(module: nn.LayerNorm, x: torch.Tensor, gate: torch.Tensor, 
     itself; with some ``c_s = 0`` it is exactly the pruned layer; in between it is differentiable, so
     the derivatives of SOSP include how a channel's removal renormalises the others.
     """
-    w = _broadcast(gate, x, dim).to(x.dtype)
+    w = broadcast_gate(gate, x, dim).to(x.dtype)
     count = w.sum(dim=dim, keepdim=True)
     mean = (w * x).sum(dim=dim, keepdim=True) / count
     var = (w * (x - mean) ** 2).sum(dim=dim, keepdim=True) / count
@@ -201,7 +201,7 @@ def gated_layer_norm(module: nn.LayerNorm, x: torch.Tensor, gate: torch.Tensor, 
     return out * w
 
 
-def _broadcast(gate: torch.Tensor, output: torch.Tensor, dim: int) -> torch.Tensor:
+def broadcast_gate(gate: torch.Tensor, output: torch.Tensor, dim: int) -> torch.Tensor:
     """Shape a ``(C,)`` or per-sample ``(B, C)`` gate to multiply ``output`` along channel ``dim``."""
     shape = [1] * output.dim()
     shape[dim] = gate.shape[-1]
@@ -228,12 +228,12 @@ def gates_applied(model: nn.Module, groups: Sequence[ChannelGroup],
         for group, gate in zip(groups, gates):
             for name in group.gated_modules:
                 module = modules[name]
-                dim = _channel_dim(module)
+                dim = channel_dim(module)
                 handles.append(module.register_forward_hook(
-                    lambda m, i, out, gate=gate, dim=dim: out * _broadcast(gate, out, dim)))
+                    lambda m, i, out, gate=gate, dim=dim: out * broadcast_gate(gate, out, dim)))
             for name in group.normalized_modules:
                 module = modules[name]
-                dim = _channel_dim(module)
+                dim = channel_dim(module)
                 handles.append(module.register_forward_hook(
                     lambda m, i, out, gate=gate, dim=dim: gated_layer_norm(m, i[0], gate, dim)))
         yield
