@@ -177,15 +177,32 @@ def _normalise(split: Split, mean, std, scale: float) -> Split:
 
 # ----------------------------------------------------------------------------------------- data sets
 
-def _load_digits(root, download, image_size, **_):
-    """scikit-learn's bundled 8x8 digits: no files, no download, instant; the default tier's data."""
+def _digits_arrays():
+    """The digits table that scikit-learn ships (``datasets/data/digits.csv.gz``), read directly.
+
+    ``load_digits`` returns the same arrays but importing scikit-learn costs over a second, paid by
+    every workflow job; reading the file takes a tenth of that. Falls back to ``load_digits``.
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("sklearn")
+    path = Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "digits.csv.gz" if spec else None
+    if path is not None and path.exists():
+        table = np.loadtxt(path, delimiter=",")
+        return table[:, :-1], table[:, -1].astype(np.int64)
     from sklearn.datasets import load_digits
 
+    d = load_digits()
+    return d.data, d.target
+
+
+def _load_digits(root, download, image_size, **_):
+    """scikit-learn's bundled 8x8 digits: no files, no download, instant; the default tier's data."""
     if image_size not in (None, 8):
         raise ConfigError(f"digits images are 8x8; image_size={image_size} is not supported")
-    d = load_digits()
-    x = torch.tensor(d.data, dtype=torch.uint8).reshape(-1, 1, 8, 8)  # integer intensities 0..16
-    y = torch.tensor(d.target, dtype=torch.long)
+    pixels, target = _digits_arrays()
+    x = torch.tensor(pixels, dtype=torch.uint8).reshape(-1, 1, 8, 8)  # integer intensities 0..16
+    y = torch.tensor(target, dtype=torch.long)
     rest, test_idx = stratified_split(y.numpy(), 0.2, seed=0)  # fixed test set, whatever the seeds
     return dict(train=_raw_split(x[rest], y[rest]), test=_raw_split(x[test_idx], y[test_idx]), scale=16.0,
                 num_classes=10, classes=[str(i) for i in range(10)], image_size=8, crop_padding=1, flip=False)

@@ -13,11 +13,29 @@ import contextlib
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
+import sys
+
 import torch
 import torch.nn as nn
-import torch_pruning as tp
 
 from .errors import UnsupportedModelError
+
+
+def _import_torch_pruning():
+    """torch-pruning imports timm (over a second: torchvision, dynamo) only for its own FLOP counter,
+    which this suite does not use; hide timm during that import unless it is loaded already."""
+    if "timm" in sys.modules:
+        import torch_pruning
+        return torch_pruning
+    sys.modules["timm"] = None  # makes `import timm` raise ImportError, which torch-pruning tolerates
+    try:
+        import torch_pruning
+    finally:
+        del sys.modules["timm"]
+    return torch_pruning
+
+
+tp = _import_torch_pruning()
 
 PRODUCER_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 BATCHNORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
