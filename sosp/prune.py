@@ -257,25 +257,51 @@ def run(method: str, model: nn.Module, batches: Iterable, ratio: float, *, examp
         target: str = "structures", min_channels: int = 1, normalize: str = "none",
         num_samples: int | None = None, seed: int = 0, **options) -> PruneResult:
     """Score with ``method`` on ``batches`` and prune to ``ratio``: the one call every rule makes."""
-    check_ratio(ratio)
+    (result,) = run_ratios(method, model, lambda: batches, [ratio], example_input=example_input,
+                           target=target, min_channels=min_channels, normalize=normalize,
+                           num_samples=num_samples, seed=seed, **options)
+    return result
+
+
+def run_ratios(method: str, model: nn.Module, make_batches: Callable[[], Iterable], ratios: Sequence[float], *,
+               example_input: torch.Tensor, target: str = "structures", min_channels: int = 1,
+               normalize: str = "none", num_samples: int | None = None, seed: int = 0,
+               **options) -> list[PruneResult]:
+    """:func:`run` at several ratios. A channel-saliency method scores once (saliencies do not depend
+    on the ratio) and selects per ratio; ``prune_seconds`` of each result is the shared scoring time
+    plus its own selection and surgery. Whole pruners (``PRUNERS``) run once per ratio, each on fresh
+    batches from ``make_batches()``."""
+    for ratio in ratios:
+        check_ratio(ratio)
     if method not in METHODS:
         raise UnknownNameError("pruning method", method, list(METHODS))
-    start = time.perf_counter()
     if method in PRUNERS:
-        result = PRUNERS[method](model, batches, ratio, example_input=example_input, target=target,
-                                 num_samples=num_samples, seed=seed, **options)
-    else:
-        fn = saliency.method(method)
-        if "seed" in inspect.signature(fn).parameters and "seed" not in options:
-            options["seed"] = seed
-        groups = channel_groups(model, example_input)
-        timings: dict = {}
-        scores = saliency.score(method, model, groups, batches, num_samples=num_samples,
-                                timings=timings, **options)
+        results = []
+        for ratio in ratios:
+            start = time.perf_counter()
+            result = PRUNERS[method](model, make_batches(), ratio, example_input=example_input, target=target,
+                                     num_samples=num_samples, seed=seed, **options)
+            result.report.update(method=method, options=dict(options), seed=seed,
+                                 prune_seconds=time.perf_counter() - start)
+            results.append(result)
+        return results
+    fn = saliency.method(method)
+    if "seed" in inspect.signature(fn).parameters and "seed" not in options:
+        options["seed"] = seed
+    start = time.perf_counter()
+    groups = channel_groups(model, example_input)
+    timings: dict = {}
+    scores = saliency.score(method, model, groups, make_batches(), num_samples=num_samples,
+                            timings=timings, **options)
+    scoring = time.perf_counter() - start
+    results = []
+    for ratio in ratios:
+        t0 = time.perf_counter()
         result = prune(model, groups, scores, ratio=ratio, target=target, min_channels=min_channels,
                        normalize=normalize, example_input=example_input)
         result.report.update(timings)
         result.report["scores"] = {g.name: s.tolist() for g, s in zip(groups, scores)}
-    result.report.update(method=method, options=dict(options), seed=seed,
-                         prune_seconds=time.perf_counter() - start)
-    return result
+        result.report.update(method=method, options=dict(options), seed=seed,
+                             prune_seconds=scoring + time.perf_counter() - t0)
+        results.append(result)
+    return results

@@ -118,3 +118,21 @@ def test_run_records_scores_timings_and_layers():
     assert {"per_group", "per_layer", "scores", "params_after", "macs_after", "achieved_fraction"} <= set(report)
     assert set(report["scores"]) == {g["group"] for g in report["per_group"]}
     assert "sosp_h" in prune.METHODS and "sosp_i" in prune.METHODS
+
+
+def test_run_ratios_scores_once_and_matches_run():
+    torch.manual_seed(0)
+    model = toy_models.make("resnet", dtype=torch.float32)
+    x, y = torch.randn(8, 1, 8, 8), torch.randint(0, 5, (8,))
+    calls = []
+
+    def make_batches():
+        calls.append(1)
+        return [(x, y)]
+
+    results = prune.run_ratios("sosp_h", model, make_batches, [0.2, 0.4], example_input=x[:1])
+    assert len(calls) == 1
+    for ratio, result in zip([0.2, 0.4], results):
+        alone = prune.run("sosp_h", model, [(x, y)], ratio, example_input=x[:1])
+        assert result.removed == alone.removed
+        assert result.report["ratio"] == ratio
