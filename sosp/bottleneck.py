@@ -37,17 +37,28 @@ def width_ratios(report: Mapping, model: nn.Module) -> dict[str, float]:
     return {key: removed[key] / channels[key] for key in model.width_spec() if key in channels}
 
 
-def block_ratios(ratios: Mapping[str, float], model: nn.Module) -> dict[str, float]:
+def block_of(key: str) -> str:
+    """The block/stage a width key belongs to: ``layer2.0`` -> ``layer2``, ``stage2`` -> ``layer2``; a
+    key outside any stage (a VGG ``conv3``) is its own block."""
+    if key.startswith("stage"):
+        return "layer" + key[len("stage"):]
+    if key.startswith("layer"):
+        return key.split(".")[0]
+    return key
+
+
+def block_ratios(ratios: Mapping[str, float], model: nn.Module | None = None) -> dict[str, float]:
     """Ratios averaged per block/stage: ``layer2.0`` -> ``layer2``, ``stage2`` -> ``layer2``."""
     blocks = defaultdict(list)
     for key, ratio in ratios.items():
-        if key.startswith("stage"):
-            blocks["layer" + key[len("stage"):]].append(ratio)
-        elif key.startswith("layer"):
-            blocks[key.split(".")[0]].append(ratio)
-        else:
-            blocks[key].append(ratio)
+        blocks[block_of(key)].append(ratio)
     return {block: sum(v) / len(v) for block, v in blocks.items()}
+
+
+def block_keys(keys: Sequence[str], blocks: Sequence[str]) -> list[str]:
+    """The width keys (of ``keys``, in their order) that belong to any of ``blocks``."""
+    chosen = set(blocks)
+    return [k for k in keys if block_of(k) in chosen]
 
 
 def choose_bottlenecks(ratios: Mapping[str, float], selection: str = "fraction",

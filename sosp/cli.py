@@ -1,8 +1,9 @@
 """``sosp <verb>``: the command line that every workflow rule calls, also usable by hand.
 
-Verbs: ``data`` (load/download a data set once), ``train`` (base model), ``prune`` (score + one-shot prune), ``finetune``, ``evaluate`` (add test
-metrics to a record), ``measure`` (add params/MACs/latency to a record) and ``report`` (records ->
-runs.csv, tables, figures). Each verb reads explicit paths, writes its outputs atomically, prints
+Verbs: ``data`` (load/download a data set once), ``train`` (base or widened model), ``prune`` (score once,
+prune one-shot at one or more ratios), ``finetune``, ``evaluate`` (add test metrics to a record),
+``measure`` (add params/MACs/latency to records), ``bottleneck`` (layer-wise pruning ratios -> the
+widths of widened networks) and ``report`` (records -> runs.csv, tables, figures). Each verb reads explicit paths, writes its outputs atomically, prints
 progress to stderr, and turns every user error into ONE line ``sosp: error: ...`` with exit code 2.
 
 Models are saved with metadata (``meta``): the record so far (``meta["record"]``), the data options
@@ -163,7 +164,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", required=True, help="model name (resnet20, vgg11, torchvision:resnet18, ...)")
     p.add_argument("--arch-option", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
                    help="model option (repeatable), e.g. shortcut=B")
-    p.add_argument("--stage", default="base", choices=("base", "widened"), help="stage in the record")
+    p.add_argument("--stage", choices=("base", "widened"),
+                   help="stage in the record (default: widened with --widths/--width-multiplier, else base)")
+    g = p.add_argument_group("widths (CIFAR ResNet/VGG; the bottleneck study)")
+    g.add_argument("--widths", metavar="JSON|FILE",
+                   help="channels per width key, as a JSON object or file: either {key: channels} or an "
+                        "analysis of `sosp bottleneck` (then --variant picks its variant)")
+    g.add_argument("--width-multiplier", type=float, metavar="X",
+                   help="scale every width by X (e.g. 1.1: the uniformly widened baseline)")
+    g.add_argument("--variant", help="variant name: with an analysis file, which of its variants "
+                   "(bottleneck, uniform); else the label recorded in `variant` (default 'custom', or "
+                   "'uniform-x<X>' with --width-multiplier)")
     p.add_argument("--out", required=True, help="model file to write")
     p.add_argument("--record", required=True, help="JSON record to write")
     _add_data(p, required=True)
@@ -176,7 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "prune, evaluate the one-shot pruned model, write it and its record.")
     p.add_argument("--model", required=True, help="model file to prune (from `sosp train`)")
     p.add_argument("--method", required=True, help="pruning method (sosp.prune.METHODS)")
-    p.add_argument("--ratio", required=True, type=_ratio, help="pruning ratio in [0, 1)")
+    p.add_argument("--ratio", required=True, type=_ratio, nargs="+",
+                   help="pruning ratio(s) in [0, 1); with several, the saliencies are computed once and "
+                        "each ratio gets its own --out/--record (in the same order)")
     p.add_argument("--target", default="structures", choices=("structures", "macs", "params"),
                    help="what the ratio counts (default structures)")
     p.add_argument("--min-channels", type=_positive_int, default=1, help="channels kept per group (default 1)")
@@ -188,8 +201,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="calibration samples used for scoring (default 1024)")
     p.add_argument("--score-batch-size", type=_positive_int, default=128,
                    help="batch size for scoring (default 128)")
-    p.add_argument("--out", required=True, help="pruned model file to write")
-    p.add_argument("--record", required=True, help="JSON record to write")
+    p.add_argument("--warmup-batches", type=int, default=1, metavar="N",
+                   help="untimed scoring passes on N calibration batches before the timed one (channel-saliency "
+                        "methods; default 1)")
+    p.add_argument("--out", required=True, nargs="+", help="pruned model file(s) to write, one per ratio")
+    p.add_argument("--record", required=True, nargs="+", help="JSON record(s) to write, one per ratio")
     _add_data(p, required=False)
     _add_run(p, "the model's")
     _add_eval(p)
@@ -213,24 +229,62 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run(p, "the model's")
     _add_eval(p)
 
-    p = sub.add_parser("measure", help="add params, MACs and latency of a model to a record",
-                       description="Count params and MACs (two counters) and time the model; write a record.")
-    p.add_argument("--model", required=True, help="model file")
-    p.add_argument("--record", help="record to update (default: the record stored with the model)")
-    p.add_argument("--out", required=True, help="JSON record to write")
+    p = sub.add_parser("measure", help="add params, MACs and latency of models to their records",
+                       description="Count params and MACs (two counters) and time each model on the CPU (and "
+                                   "on a GPU, see --gpu-latency); write one record per model.")
+    p.add_argument("--model", required=True, nargs="+", help="model file(s)")
+    p.add_argument("--record", nargs="+", help="record(s) to update, one per model (default: the record "
+                   "stored with each model)")
+    p.add_argument("--out", required=True, nargs="+", help="JSON record(s) to write, one per model")
+    p.add_argument("--gpu-latency", choices=("auto", "always", "never"), default="auto",
+                   help="also time on the GPU: auto = when one is present (default), always = fail without one")
     p.add_argument("--input-shape", type=_positive_int, nargs="+", metavar="N",
                    help="one sample's shape, e.g. 3 32 32 (default: as recorded in the model)")
     p.add_argument("--latency-batches", type=_positive_int, nargs="+", default=[1, 256], metavar="B",
                    help="batch sizes to time (default 1 256)")
     p.add_argument("--no-latency", action="store_true", help="count only, do not time")
+    p.add_argument("--warmup", type=int, default=10, help="untimed iterations before timing (default 10)")
+    p.add_argument("--iters", type=_positive_int, default=30, help="timed iterations (default 30)")
     _add_run(p, "the model's")
 
+    p = sub.add_parser("bottleneck", help="layer-wise pruning ratios -> bottlenecks -> widened widths",
+                       description="From pruned records (details.prune_report of `sosp prune`, e.g. SOSP-H at "
+                                   "several ratios and seeds): the fraction of each layer's (width key's) and "
+                                   "block's channels removed, the bottlenecks (lowest ratios at --ratio, mean "
+                                   "over seeds), and the widths of the bottleneck-widened and the uniformly "
+                                   "widened networks; one JSON analysis for `sosp train --widths`.")
+    p.add_argument("--model", required=True, help="a model file of the pruned architecture (e.g. its base "
+                   "model; only its width keys are used)")
+    p.add_argument("--report", required=True, nargs="+", help="pruned record files (or folders searched for "
+                   "*.json) of one method")
+    p.add_argument("--ratio", type=_ratio, help="pruning ratio whose layer-wise ratios choose the bottlenecks "
+                   "(default: the median of the records' ratios)")
+    p.add_argument("--selection", choices=("fraction", "threshold"), default="fraction",
+                   help="fraction: the lowest --value fraction of layers; threshold: every layer pruned by "
+                        "at most --value (default fraction)")
+    p.add_argument("--value", type=float, default=0.25, help="fraction or threshold (default 0.25)")
+    p.add_argument("--level", choices=("layer", "block"), default="layer",
+                   help="widen the chosen layers, or every layer of the chosen blocks (default layer)")
+    p.add_argument("--factor", type=float, default=2.0, help="widening factor of the bottlenecks (default 2)")
+    p.add_argument("--uniform-factor", type=float, default=1.1,
+                   help="widening factor of every layer of the uniform baseline (default 1.1)")
+    p.add_argument("--out", required=True, help="JSON analysis to write")
+    p.add_argument("--tier", help="tier name stored in the analysis (default: the records')")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+
     p = sub.add_parser("report", help="aggregate records into runs.csv, tables and figures",
-                       description="Aggregate records into OUT_DIR/runs.csv, OUT_DIR/tables/summary.{md,tex} "
-                                   "and OUT_DIR/figures/<figure>.{png,pdf}.")
-    p.add_argument("records", nargs="+", help="record files, or folders searched for *.json")
+                       description="Aggregate records into OUT_DIR/runs.csv, OUT_DIR/tables/<table>.{md,tex} "
+                                   "and OUT_DIR/figures/<figure>.{png,pdf}; needs no model file.")
+    p.add_argument("records", nargs="+", help="record files, or folders searched for *.json, or one runs.csv")
     p.add_argument("--out-dir", required=True, help="folder for runs.csv, tables/ and figures/")
+    p.add_argument("--only", nargs="+", choices=("runs", "tables", "figures"), default=("runs", "tables", "figures"),
+                   help="what to write (default all three)")
+    p.add_argument("--tables", nargs="*", metavar="NAME", help="tables to write (default: all of "
+                   "sosp.results.TABLES: summary, paper, timing)")
     p.add_argument("--figures", nargs="*", metavar="NAME", help="figures to draw (default: all registered)")
+    p.add_argument("--bottleneck", nargs="*", default=(), metavar="PATH",
+                   help="analyses of `sosp bottleneck` (files, or folders searched for *.json) for the "
+                        "layer_ratios figure")
     p.add_argument("--formats", nargs="+", default=["png", "pdf"], help="figure formats (default png pdf)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     return parser
@@ -324,6 +378,11 @@ def _checkpoint_dir(root: str | None, **key) -> Path | None:
     return Path(root) / digest
 
 
+def _log_resume(folder: Path | None) -> None:
+    if folder is not None and (folder / "last.pt").exists():
+        _log(f"resuming from the checkpoint {folder / 'last.pt'} of an interrupted run")
+
+
 def _file_digest(path: str) -> str:
     h = hashlib.sha1()
     with open(path, "rb") as f:
@@ -412,31 +471,69 @@ def cmd_data(args) -> None:
         print(json.dumps(summary, indent=2))
 
 
+def _widths(args) -> tuple[dict, str]:
+    """Model options and variant label from --widths / --width-multiplier / --variant."""
+    from .results import ORIGINAL
+
+    options, label = {}, ORIGINAL
+    if args.widths:
+        spec = _load_mapping(args.widths, "--widths")
+        if "variants" in spec:  # an analysis of `sosp bottleneck`
+            variants = spec["variants"]
+            if not args.variant or args.variant not in variants:
+                raise ConfigError(f"--widths {args.widths} holds the variants {', '.join(variants)}: choose "
+                                  f"one with --variant" + (f" (not {args.variant!r})" if args.variant else ""))
+            if spec.get("arch") and spec["arch"] != args.arch:
+                raise ConfigError(f"--widths {args.widths} was computed for {spec['arch']}, not {args.arch}")
+            chosen = variants[args.variant]
+            options["widths"], label = dict(chosen["widths"]), chosen.get("label", args.variant)
+        else:
+            bad = [k for k, v in spec.items() if isinstance(v, bool) or not isinstance(v, int) or v < 1]
+            if bad:
+                raise ConfigError(f"--widths must map width keys to positive channel counts; bad: {', '.join(bad)}")
+            options["widths"], label = dict(spec), args.variant or "custom"
+    if args.width_multiplier is not None:
+        if not args.width_multiplier > 0:
+            raise ConfigError(f"--width-multiplier must be positive, got {args.width_multiplier}")
+        options["width_multiplier"] = args.width_multiplier
+        if not args.widths:
+            label = args.variant or f"uniform-x{args.width_multiplier:g}"
+    elif args.variant and not args.widths:
+        raise ConfigError("--variant needs --widths or --width-multiplier")
+    return options, label
+
+
 def cmd_train(args) -> None:
     from . import models, results, train
 
     data_opts = _data_options(args)
     config = _train_config(args, _default_train_config(data_opts["name"]))
+    width_options, variant = _widths(args)
+    arch_options = {**dict(args.arch_option), **width_options}
+    stage = args.stage or ("base" if variant == results.ORIGINAL else "widened")
     bundle = _load_data(data_opts, args.download)
-    arch_options = dict(args.arch_option)
     seed = 0 if args.seed is None else args.seed
     train.seed_everything(seed)
     model = models.create(args.arch, num_classes=bundle.num_classes, in_channels=bundle.in_channels,
                           **arch_options)
     params = sum(p.numel() for p in model.parameters())
-    _log(f"training {args.arch} ({params:,} params), seed {seed}: {config}")
+    _log(f"training {args.arch}{'' if variant == results.ORIGINAL else f' ({variant})'} ({params:,} params), "
+         f"seed {seed}: {config}")
     t0 = time.perf_counter()
     checkpoints = _checkpoint_dir(args.checkpoint_dir, arch=args.arch, arch_options=arch_options,
                                   data=data_opts, seed=seed, config=config.to_dict())
+    _log_resume(checkpoints)
     history = train.train(model, bundle, config, seed=seed, checkpoint_dir=checkpoints,
                           device=args.device, progress=not _QUIET,
                           log=_epoch_logger(config.epochs, "train"))
     seconds = time.perf_counter() - t0
     fields = _evaluate(model, bundle, args)
+    details = {"train_config": config.to_dict(), "arch_options": arch_options, "history": history}
+    if hasattr(model, "width_spec"):
+        details["widths"] = model.width_spec()
     record = results.make_record(
-        args.stage, tier=args.tier or "adhoc", dataset=data_opts["name"], arch=args.arch, seed=seed,
-        params=params, train_epochs=config.epochs, train_seconds=seconds, **fields,
-        details={"train_config": config.to_dict(), "arch_options": arch_options, "history": history})
+        stage, tier=args.tier or "adhoc", dataset=data_opts["name"], arch=args.arch, variant=variant, seed=seed,
+        params=params, train_epochs=config.epochs, train_seconds=seconds, **fields, details=details)
     meta = {"record": {k: v for k, v in record.items() if k != "details"}, "data": data_opts,
             "arch": args.arch, "arch_options": arch_options, "num_classes": bundle.num_classes,
             "input_shape": list(bundle.example_input.shape[1:]), "train_config": config.to_dict()}
@@ -444,11 +541,66 @@ def cmd_train(args) -> None:
     _drop_checkpoint(checkpoints, args.keep_checkpoint)
 
 
+def _prune_at_ratios(args, model, make_batches, example, options: dict, seed: int) -> list:
+    """``PruneResult`` per ratio of ``args.ratio``.
+
+    Channel-saliency methods: ``--warmup-batches`` untimed scoring passes first (one-off costs such as
+    lazy imports and first-call compilation must not count against a method), then the saliencies are
+    computed once (they do not depend on the ratio) and selection and surgery run per ratio, exactly as
+    ``sosp.prune.run`` does; ``prune_seconds`` of a ratio is the shared scoring time plus its own
+    selection and surgery. Methods with their own surgery (``sosp.prune.PRUNERS``, e.g. EigenDamage)
+    run ``sosp.prune.run`` once per ratio.
+    """
+    import inspect
+    import itertools
+
+    from . import prune, saliency
+    from .structures import channel_groups
+
+    common = dict(target=args.target, min_channels=args.min_channels, normalize=args.normalize)
+    if args.method in prune.PRUNERS:
+        return [prune.run(args.method, model, make_batches(), ratio, example_input=example,
+                          num_samples=args.samples, seed=seed, **common, **options) for ratio in args.ratio]
+    options = dict(options)
+    if "seed" in inspect.signature(saliency.method(args.method)).parameters and "seed" not in options:
+        options["seed"] = seed
+    t_groups = time.perf_counter()
+    groups = channel_groups(model, example)
+    grouping = time.perf_counter() - t_groups
+    if args.warmup_batches:
+        warm = list(itertools.islice(make_batches(), args.warmup_batches))
+        t0 = time.perf_counter()
+        saliency.score(args.method, model, groups, warm, num_samples=sum(len(y) for _, y in warm), **options)
+        _log(f"warm-up scoring on {len(warm)} batch(es) ({time.perf_counter() - t0:.2f} s, not counted)")
+    start = time.perf_counter()
+    timings: dict = {}
+    scores = saliency.score(args.method, model, groups, make_batches(), num_samples=args.samples,
+                            timings=timings, **options)
+    scoring = grouping + time.perf_counter() - start
+    _log(f"scored {sum(g.size for g in groups)} structures in {len(groups)} groups ({scoring:.2f} s)")
+    out = []
+    for ratio in args.ratio:
+        t0 = time.perf_counter()
+        result = prune.prune(model, groups, scores, ratio=ratio, example_input=example, **common)
+        result.report.update(timings)
+        result.report["scores"] = {g.name: s.tolist() for g, s in zip(groups, scores)}
+        result.report.update(method=args.method, options=dict(options), seed=seed,
+                             prune_seconds=scoring + time.perf_counter() - t0, warmup_batches=args.warmup_batches,
+                             shared_scoring=len(args.ratio) > 1)
+        out.append(result)
+    return out
+
+
 def cmd_prune(args) -> None:
     import torch
 
     from . import data, prune, results
 
+    if args.warmup_batches < 0:
+        raise ConfigError(f"--warmup-batches must be >= 0, got {args.warmup_batches}")
+    if not len(args.ratio) == len(args.out) == len(args.record):
+        raise ConfigError(f"give one --out and one --record per --ratio: {len(args.ratio)} ratio(s), "
+                          f"{len(args.out)} --out, {len(args.record)} --record")
     model, meta = _load(args.model)
     base = _base_record(meta, args)
     data_opts = _data_options(args, meta)
@@ -461,29 +613,32 @@ def cmd_prune(args) -> None:
     bundle = _load_data(data_opts, args.download)
     example = bundle.example_input[:1].to(args.device)
     model.to(args.device)
-    calibration = data.batches(bundle.train, args.score_batch_size, shuffle=True,
-                               generator=torch.Generator().manual_seed(seed), augment=None, device=args.device)
-    _log(f"pruning with {args.method} to ratio {args.ratio} of {args.target} "
+
+    def calibration():
+        return data.batches(bundle.train, args.score_batch_size, shuffle=True,
+                            generator=torch.Generator().manual_seed(seed), augment=None, device=args.device)
+
+    _log(f"pruning with {args.method} to ratio(s) {', '.join(map(str, args.ratio))} of {args.target} "
          f"({args.samples} calibration samples, options {options or 'default'})")
-    result = prune.run(args.method, model, calibration, args.ratio, example_input=example, target=args.target,
-                       min_channels=args.min_channels, normalize=args.normalize, num_samples=args.samples,
-                       seed=seed, **options)
-    pruned = result.model
-    report = result.report
-    _log(f"removed {100 * report['achieved_fraction']:.1f}% of structures: params {report['params_before']:,} "
-         f"-> {report['params_after']:,}, MACs {report['macs_before']:,} -> {report['macs_after']:,} "
-         f"({report['prune_seconds']:.1f} s)")
-    fields = _evaluate(pruned, bundle, args)
-    details = {k: v for k, v in report.items() if k not in ("scores", "options")}
-    record = results.make_record(
-        "pruned", **{k: base.get(k) for k in ("tier", "dataset", "arch")}, seed=seed,
-        method=args.method, ratio=args.ratio, target=args.target, method_options=options,
-        samples=min(args.samples, len(bundle.train)), train_epochs=base.get("train_epochs"), finetune_epochs=0,
-        **results.prune_fields(report), **fields,
-        details={"prune_report": details, "min_channels": args.min_channels, "normalize": args.normalize})
-    new_meta = {**meta, "record": {k: v for k, v in record.items() if k != "details"}, "data": data_opts,
-                "removed": result.removed, "scores": report.get("scores")}
-    _save(args.out, pruned, new_meta, record, args.record)
+    for ratio, result, out, record_path in zip(args.ratio, _prune_at_ratios(args, model, calibration, example,
+                                                                            options, seed),
+                                               args.out, args.record):
+        pruned = result.model
+        report = result.report
+        _log(f"ratio {ratio}: removed {100 * report['achieved_fraction']:.1f}% of structures: params "
+             f"{report['params_before']:,} -> {report['params_after']:,}, MACs {report['macs_before']:,} -> "
+             f"{report['macs_after']:,} ({report['prune_seconds']:.1f} s)")
+        fields = _evaluate(pruned, bundle, args)
+        details = {k: v for k, v in report.items() if k not in ("scores", "options")}
+        record = results.make_record(
+            "pruned", **{k: base.get(k) for k in ("tier", "dataset", "arch", "variant")}, seed=seed,
+            method=args.method, ratio=ratio, target=args.target, method_options=options,
+            samples=min(args.samples, len(bundle.train)), train_epochs=base.get("train_epochs"), finetune_epochs=0,
+            **results.prune_fields(report), **fields,
+            details={"prune_report": details, "min_channels": args.min_channels, "normalize": args.normalize})
+        new_meta = {**meta, "record": {k: v for k, v in record.items() if k != "details"}, "data": data_opts,
+                    "removed": result.removed, "scores": report.get("scores")}
+        _save(out, pruned, new_meta, record, record_path)
 
 
 #: fields of the pruned record that the fine-tuned record keeps (the cost of getting there)
@@ -505,12 +660,14 @@ def cmd_finetune(args) -> None:
     t0 = time.perf_counter()
     checkpoints = _checkpoint_dir(args.checkpoint_dir, model=_file_digest(args.model), data=data_opts,
                                   seed=seed, config=config.to_dict())
+    _log_resume(checkpoints)
     history = train.train(model, bundle, config, seed=seed, checkpoint_dir=checkpoints,
                           device=args.device, progress=not _QUIET, log=_epoch_logger(config.epochs, "fine-tune"))
     seconds = time.perf_counter() - t0
     fields = _evaluate(model, bundle, args)
     record = results.make_record(
-        "finetuned", tier=base["tier"], dataset=base["dataset"], arch=base["arch"], seed=seed,
+        "finetuned", tier=base["tier"], dataset=base["dataset"], arch=base["arch"], variant=base.get("variant"),
+        seed=seed,
         method=base.get("method"), ratio=base.get("ratio"), target=base.get("target"),
         method_options=base.get("method_options"), **{k: base.get(k) for k in _CARRIED},
         params=sum(p.numel() for p in model.parameters()), macs=base.get("macs"),
@@ -521,19 +678,24 @@ def cmd_finetune(args) -> None:
     _drop_checkpoint(checkpoints, args.keep_checkpoint)
 
 
-def _input_record(args, meta: dict) -> dict:
+def _read_record(path: str, tier: str | None = None) -> dict:
     from .io import read_json
 
-    if args.record:
-        if not Path(args.record).is_file():
-            raise DataError(f"record file not found: {args.record}")
-        try:
-            record = read_json(args.record)
-        except ValueError as exc:
-            raise DataError(f"cannot read record {args.record}: {exc}") from None
-        if args.tier:
-            record["tier"] = args.tier
-        return record
+    if not Path(path).is_file():
+        raise DataError(f"record file not found: {path}")
+    try:
+        record = read_json(path)
+    except ValueError as exc:
+        raise DataError(f"cannot read record {path}: {exc}") from None
+    if tier:
+        record["tier"] = tier
+    return record
+
+
+def _input_record(args, meta: dict, path: str | None = None) -> dict:
+    path = path if path is not None else getattr(args, "record", None)
+    if path:
+        return _read_record(path, args.tier)
     return _base_record(meta, args)
 
 
@@ -549,48 +711,199 @@ def cmd_evaluate(args) -> None:
     _log(f"wrote {args.out}")
 
 
+def _latency_devices(args) -> list[str]:
+    """CPU always; a GPU too when asked (--device cuda..., or --gpu-latency always/auto with one present)."""
+    import torch
+
+    devices = ["cpu"]
+    gpu = args.device if args.device.startswith("cuda") else "cuda"
+    if args.gpu_latency == "always" or args.device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"GPU latency asked for ({'--device ' + args.device if args.device != 'cpu' else '--gpu-latency always'}), "
+                              "but torch sees no CUDA device")
+        devices.append(gpu)
+    elif args.gpu_latency == "auto" and torch.cuda.is_available():
+        devices.append(gpu)
+    return devices
+
+
 def cmd_measure(args) -> None:
+    import torch
+
     from . import measure, results
     from .io import write_json
 
-    model, meta = _load(args.model)
-    record = _input_record(args, meta)
-    shape = args.input_shape or meta.get("input_shape")
-    if not shape:
-        raise ConfigError("no input shape: give --input-shape (the model records none)")
+    if len(args.model) != len(args.out) or (args.record and len(args.record) != len(args.model)):
+        raise ConfigError(f"give one --out (and one --record, if any) per --model: {len(args.model)} model(s), "
+                          f"{len(args.out)} --out, {len(args.record or [])} --record")
+    if args.warmup < 0:
+        raise ConfigError(f"--warmup must be >= 0, got {args.warmup}")
+    devices = [] if args.no_latency else _latency_devices(args)
     batches = () if args.no_latency else tuple(args.latency_batches)
-    _log(f"measuring: input {tuple(shape)}, latency batches {list(batches) or 'none'} on {args.device}")
-    m = measure.measure(model, tuple(shape), latency_batches=batches, device=args.device,
-                        latency=not args.no_latency)
-    _log(f"params {m['params']:,}  MACs {m['macs']:,} (fvcore {m['macs_fvcore']:,})"
-         + "".join(f"  b{e['batch_size']}: {e['median_ms']:.3f} ms (IQR {e['iqr_ms']:.3f})"
-                   for e in m.get("latency") or []))
-    if m.get("macs_fvcore") is not None and m["macs_fvcore"] != m["macs"]:
-        _log(f"warning: MAC counters disagree: torch {m['macs']:,} vs fvcore {m['macs_fvcore']:,}")
-    record = results.update_record(record, **results.measurement_fields(m),
-                                   details={"input_shape": list(shape), "latency": m.get("latency")})
-    write_json(args.out, record)
-    _log(f"wrote {args.out}")
+    for i, (model_path, out) in enumerate(zip(args.model, args.out)):
+        model, meta = _load(model_path)
+        record = _input_record(args, meta, args.record[i] if args.record else "")
+        shape = args.input_shape or meta.get("input_shape")
+        if not shape:
+            raise ConfigError(f"no input shape: give --input-shape (the model {model_path} records none)")
+        _log(f"measuring: input {tuple(shape)}, latency batches {list(batches) or 'none'} on "
+             f"{', '.join(devices) or 'no device'}")
+        m = measure.measure(model, tuple(shape), latency_batches=batches if "cpu" in devices else (),
+                            device="cpu", latency="cpu" in devices, warmup=args.warmup, iters=args.iters)
+        for device in devices:
+            if device == "cpu":
+                continue
+            x = torch.randn(1, *shape, generator=torch.Generator().manual_seed(0))
+            m["latency"] += [measure.measure_latency(model, x.expand(b, *shape).contiguous(), device, args.warmup,
+                                                     args.iters) for b in batches]
+        _log(f"params {m['params']:,}  MACs {m['macs']:,} (fvcore {m['macs_fvcore']:,})"
+             + "".join(f"  {e['device']} b{e['batch_size']}: {e['median_ms']:.3f} ms (IQR {e['iqr_ms']:.3f})"
+                       for e in m.get("latency") or []))
+        if m.get("macs_fvcore") is not None and m["macs_fvcore"] != m["macs"]:
+            _log(f"warning: MAC counters disagree: torch {m['macs']:,} vs fvcore {m['macs_fvcore']:,}")
+        record = results.update_record(record, **results.measurement_fields(m),
+                                       details={"input_shape": list(shape), "latency": m.get("latency")})
+        write_json(out, record)
+        _log(f"wrote {out}")
+
+
+def cmd_bottleneck(args) -> None:
+    from . import bottleneck, models, results
+    from .io import write_json
+
+    for name in ("factor", "uniform_factor"):
+        if not getattr(args, name) > 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    model, meta = _load(args.model)
+    if not hasattr(model, "width_key"):
+        raise ConfigError(f"{args.model} is a {type(model).__name__}: the bottleneck study needs a CIFAR ResNet "
+                          "or VGG from sosp.models (width keys)")
+    paths = results.record_paths(args.report)
+    if not paths:
+        raise DataError(f"no records found in {' '.join(args.report)}")
+    records = [_read_record(str(p)) for p in paths]
+    for path, rec in zip(paths, records):
+        if not (rec.get("details") or {}).get("prune_report", {}).get("per_layer"):
+            raise DataError(f"record {path} has no details.prune_report.per_layer: give records of `sosp prune`")
+    methods = {(r.get("method"), results.canonical_options(r.get("method_options"))) for r in records}
+    archs = {r.get("arch") for r in records}
+    if len(methods) > 1 or len(archs) > 1:
+        raise DataError(f"records mix methods/architectures {sorted(methods)} / {sorted(archs)}: give one of each")
+    arch = archs.pop()
+    if meta.get("arch") and meta["arch"] != arch:
+        raise DataError(f"records are of {arch}, the model {args.model} is {meta['arch']}")
+    by_ratio: dict[str, dict] = {}
+    for rec in sorted(records, key=lambda r: (r["ratio"], r["seed"])):
+        layers = bottleneck.width_ratios(rec["details"]["prune_report"], model)
+        entry = by_ratio.setdefault(str(float(rec["ratio"])), {"seeds": [], "layers": {}, "blocks": {}})
+        entry["seeds"].append(rec["seed"])
+        for key, value in layers.items():
+            entry["layers"].setdefault(key, []).append(value)
+        for key, value in bottleneck.block_ratios(layers).items():
+            entry["blocks"].setdefault(key, []).append(value)
+    ratios = sorted(float(r) for r in by_ratio)
+    ratio = args.ratio if args.ratio is not None else ratios[(len(ratios) - 1) // 2]
+    if str(float(ratio)) not in by_ratio:
+        raise ConfigError(f"--ratio {ratio}: no record at that ratio (records have {', '.join(map(str, ratios))})")
+    chosen_ratio = by_ratio[str(float(ratio))]
+    mean = {k: sum(v) / len(v) for k, v in chosen_ratio["layers"].items()}
+    block_mean = {k: sum(v) / len(v) for k, v in chosen_ratio["blocks"].items()}
+    spec = model.width_spec()
+    if args.level == "layer":
+        keys = bottleneck.choose_bottlenecks(mean, args.selection, args.value)
+        blocks = sorted({bottleneck.block_of(k) for k in keys})
+    else:
+        blocks = bottleneck.choose_bottlenecks(block_mean, args.selection, args.value)
+        keys = bottleneck.block_keys(list(spec), blocks)
+    if not keys:
+        raise ConfigError(f"no layer is pruned by at most {args.value} at ratio {ratio}: raise --value")
+    original = meta.get("arch_options") or {}
+    base_options = {k: v for k, v in original.items() if k not in ("widths", "width_multiplier")}
+    num_classes = meta.get("num_classes")
+    in_channels = (meta.get("input_shape") or [3])[0]
+
+    def params_of(widths: dict) -> int | None:
+        if num_classes is None:
+            return None
+        net = models.create(arch, num_classes=num_classes, in_channels=in_channels, **base_options, widths=widths)
+        return sum(p.numel() for p in net.parameters())
+
+    widened = bottleneck.widened_widths(model, keys, args.factor)
+    uniform = bottleneck.uniform_widths(model, args.uniform_factor)
+    base_rec = meta.get("record") or {}
+    analysis = {
+        "tier": args.tier or records[0].get("tier"), "dataset": records[0].get("dataset"), "arch": arch,
+        "arch_options": base_options, "method": records[0].get("method"),
+        "method_options": results.canonical_options(records[0].get("method_options")),
+        "target": records[0].get("target"), "ratio": float(ratio), "selection": args.selection,
+        "value": args.value, "level": args.level,
+        "seeds": sorted({r["seed"] for r in records}),
+        "by_ratio": by_ratio, "layer_ratios": mean, "block_ratios": block_mean,
+        "bottlenecks": keys, "bottleneck_blocks": blocks,
+        "widths": spec, "params": params_of(spec) or base_rec.get("params"),
+        "variants": {
+            "bottleneck": {"label": f"bottleneck-x{args.factor:g}", "factor": args.factor, "keys": keys,
+                           "widths": widened, "params": params_of(widened)},
+            "uniform": {"label": f"uniform-x{args.uniform_factor:g}", "factor": args.uniform_factor,
+                        "keys": list(spec), "widths": uniform, "params": params_of(uniform)},
+        },
+        "records": [str(p) for p in paths], "git_commit": results.git_commit(),
+    }
+    write_json(args.out, analysis)
+    sizes = (analysis["params"], analysis["variants"]["bottleneck"]["params"], analysis["variants"]["uniform"]["params"])
+    _log(f"bottlenecks of {arch} at ratio {ratio} ({args.selection} {args.value}, {args.level}s): "
+         + ", ".join(f"{k} ({100 * mean[k]:.0f}% removed)" for k in keys)
+         + (f"; params {sizes[0]:,} -> bottleneck-widened {sizes[1]:,}, uniform {sizes[2]:,}" if all(sizes) else "")
+         + f"; wrote {args.out}")
+
+
+def _bottleneck_analyses(paths) -> list[dict]:
+    from .io import read_json
+
+    found = []
+    for p in map(Path, paths or ()):
+        found += sorted(p.rglob("*.json")) if p.is_dir() else [p] if p.exists() else []
+        if not p.exists():
+            raise DataError(f"bottleneck analysis not found: {p}")
+    analyses = []
+    for path in found:
+        try:
+            analysis = read_json(path)
+        except ValueError as exc:
+            raise DataError(f"cannot read bottleneck analysis {path}: {exc}") from None
+        if not isinstance(analysis, dict) or "by_ratio" not in analysis:
+            raise DataError(f"{path} is not an analysis of `sosp bottleneck` (no by_ratio)")
+        analyses.append(analysis)
+    return analyses
 
 
 def cmd_report(args) -> None:
     from . import plots, results
 
-    paths = results.record_paths(args.records)
-    if not paths:
-        raise DataError(f"no records found in {' '.join(args.records)}")
-    df = results.collect(paths)
     out = Path(args.out_dir)
-    results.write_runs_csv(df, out / "runs.csv")
-    summary = results.summary_table(df)
-    results.write_tables(summary, out / "tables" / "summary.md", out / "tables" / "summary.tex")
-    figures = plots.write_figures(df, out / "figures", args.figures, args.formats)
-    _log(f"{len(df)} records -> {out / 'runs.csv'}, {out / 'tables'}/summary.{{md,tex}}, "
-         f"{len(figures)} figure files in {out / 'figures'}")
+    if len(args.records) == 1 and args.records[0].endswith(".csv"):
+        if not Path(args.records[0]).is_file():
+            raise DataError(f"runs file not found: {args.records[0]}")
+        df = results.read_runs_csv(args.records[0])
+    else:
+        paths = results.record_paths(args.records)
+        if not paths:
+            raise DataError(f"no records found in {' '.join(args.records)}")
+        df = results.collect(paths)
+    written = []
+    if "runs" in args.only:
+        results.write_runs_csv(df, out / "runs.csv")
+        written.append(str(out / "runs.csv"))
+    if "tables" in args.only:
+        written += map(str, results.write_named_tables(df, out / "tables", args.tables or None))
+    if "figures" in args.only:
+        analyses = _bottleneck_analyses(args.bottleneck)
+        written += map(str, plots.write_figures(df, out / "figures", args.figures, args.formats, bottleneck=analyses))
+    _log(f"{len(df)} records -> {len(written)} files in {out}")
 
 
 COMMANDS = {"data": cmd_data, "train": cmd_train, "prune": cmd_prune, "finetune": cmd_finetune, "evaluate": cmd_evaluate,
-            "measure": cmd_measure, "report": cmd_report}
+            "measure": cmd_measure, "bottleneck": cmd_bottleneck, "report": cmd_report}
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -27,16 +27,22 @@ import pandas as pd
 from .errors import DataError
 from .io import read_json, write_atomic
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 STAGES = ("base", "pruned", "finetuned", "widened")
+#: stages of unpruned models: the reference that reductions and accuracy changes are paired with
+UNPRUNED = ("base", "widened")
 #: value of ``method``/``target`` for records of unpruned models (base and widened stages)
 NO_METHOD = "none"
+#: value of ``variant`` for networks of the registry's own widths (not widened by the bottleneck study)
+ORIGINAL = "original"
 
 #: every record column, in ``runs.csv`` order, with its meaning and unit
 COLUMNS: dict[str, str] = {
     "tier": "tier name (config key `tier`)",
     "dataset": "data set name (sosp.data registry)",
     "arch": "architecture name (sosp.models registry)",
+    "variant": "network variant: 'original' (the registry's widths) or a widened network of the bottleneck "
+               "study, e.g. 'bottleneck-x2' (bottleneck layers x2) or 'uniform-x1.1' (every layer x1.1)",
     "seed": "random seed of training (integer); pruning and fine-tuning reuse it",
     "method": "pruning method (sosp.prune.METHODS); 'none' for unpruned models",
     "method_options": "method options as canonical JSON ('{}' = defaults)",
@@ -70,7 +76,7 @@ COLUMNS: dict[str, str] = {
 }
 _INTEGER_COLUMNS = ("seed", "samples", "params", "macs", "flops", "macs_fvcore", "train_epochs",
                     "finetune_epochs", "threads", "schema_version")
-KEY_COLUMNS = ("tier", "dataset", "arch", "seed", "method", "method_options", "ratio", "target", "stage")
+KEY_COLUMNS = ("tier", "dataset", "arch", "variant", "seed", "method", "method_options", "ratio", "target", "stage")
 _LATENCY = re.compile(r"^latency_[a-z0-9]+_b\d+(_iqr)?_ms$")
 
 
@@ -91,7 +97,7 @@ def is_column(name: str) -> bool:
 # ---------------------------------------------------------------------------------------------------
 # building records
 # ---------------------------------------------------------------------------------------------------
-def make_record(stage: str, *, tier: str, dataset: str, arch: str, seed: int,
+def make_record(stage: str, *, tier: str, dataset: str, arch: str, seed: int, variant: str = ORIGINAL,
                 method: str = NO_METHOD, ratio: float = 0.0, target: str = NO_METHOD,
                 method_options: Mapping | str | None = None, details: Mapping | None = None,
                 **fields: Any) -> dict:
@@ -103,7 +109,7 @@ def make_record(stage: str, *, tier: str, dataset: str, arch: str, seed: int,
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; known: {', '.join(STAGES)}")
     record: dict[str, Any] = {name: None for name in COLUMNS}
-    record.update(tier=tier, dataset=dataset, arch=arch, seed=int(seed), stage=stage,
+    record.update(tier=tier, dataset=dataset, arch=arch, variant=variant or ORIGINAL, seed=int(seed), stage=stage,
                   method=method or NO_METHOD, ratio=float(ratio or 0.0), target=target or NO_METHOD,
                   method_options=canonical_options(method_options),
                   torch_version=_torch_version(), git_commit=git_commit(),
@@ -224,6 +230,7 @@ def tidy(df: pd.DataFrame) -> pd.DataFrame:
         if name not in df.columns:
             df[name] = None
     df["method"] = df["method"].fillna(NO_METHOD)
+    df["variant"] = df["variant"].fillna(ORIGINAL)  # schema version 1 records have no variant
     df["target"] = df["target"].fillna(NO_METHOD)
     df["method_options"] = df["method_options"].map(canonical_options)
     df["ratio"] = pd.to_numeric(df["ratio"]).fillna(0.0).astype(float)
@@ -237,10 +244,10 @@ def tidy(df: pd.DataFrame) -> pd.DataFrame:
     df = df[list(COLUMNS) + latency + extra]
     if len(df):
         order = df["stage"].map({s: i for i, s in enumerate(STAGES)})
-        df = (df.assign(_stage=order)
-              .sort_values(["tier", "dataset", "arch", "method", "method_options", "target", "ratio",
-                            "_stage", "seed"], kind="stable")
-              .drop(columns="_stage").reset_index(drop=True))
+        df = (df.assign(_stage=order, _variant=df["variant"] != ORIGINAL)
+              .sort_values(["tier", "dataset", "arch", "_variant", "variant", "method", "method_options",
+                            "target", "ratio", "_stage", "seed"], kind="stable")
+              .drop(columns=["_stage", "_variant"]).reset_index(drop=True))
     return df
 
 
@@ -252,24 +259,17 @@ def write_runs_csv(df: pd.DataFrame, path: str | os.PathLike) -> None:
 # ---------------------------------------------------------------------------------------------------
 # aggregation
 # ---------------------------------------------------------------------------------------------------
-GROUP_COLUMNS = ("tier", "dataset", "arch", "method", "method_options", "target", "ratio", "stage")
-_PAIR = ["tier", "dataset", "arch", "seed"]
+GROUP_COLUMNS = ("tier", "dataset", "arch", "variant", "method", "method_options", "target", "ratio", "stage")
+_PAIR = ["tier", "dataset", "arch", "variant", "seed"]
+_SECTION = ["tier", "dataset", "arch", "variant"]
 
 
-def summary_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Aggregate over seeds: one row per (tier, dataset, arch, method, options, target, ratio, stage).
-
-    Reductions and changes are paired per seed with the ``base`` record of the same tier, data set,
-    architecture and seed, then averaged; standard deviations are sample standard deviations over seeds
-    (``ddof=1``; NaN for one seed). Columns (units in the names): ``seeds`` (count), ``achieved_fraction``
-    (mean), ``params`` (mean count), ``params_reduction_pct`` (percent of base), ``macs_M`` (mean, 10^6
-    multiply-accumulates per image), ``macs_reduction_pct``, ``top1_pct_mean``/``top1_pct_std``
-    (percent), ``top1_change_pp_mean``/``top1_change_pp_std`` (percentage points vs base, negative = a
-    loss), ``top5_pct_mean``, ``loss_mean`` (nats), ``prune_seconds_mean``.
-    """
+def _paired(df: pd.DataFrame) -> pd.DataFrame:
+    """Records with the unpruned reference of their seed (``_base_*``; stage base or widened, same tier,
+    data set, architecture and variant) and derived percent columns."""
     df = tidy(df)
     df = df.astype({c: float for c in ("params", "macs", "top1", "top5", "loss")})
-    base = (df[df["stage"] == "base"][_PAIR + ["params", "macs", "top1"]]
+    base = (df[df["stage"].isin(UNPRUNED)][_PAIR + ["params", "macs", "top1"]]
             .drop_duplicates(_PAIR, keep="last")
             .rename(columns={"params": "_base_params", "macs": "_base_macs", "top1": "_base_top1"}))
     m = df.merge(base, on=_PAIR, how="left")
@@ -279,7 +279,25 @@ def summary_table(df: pd.DataFrame) -> pd.DataFrame:
     m["_top5_pct"] = 100.0 * m["top5"]
     m["_top1_change"] = 100.0 * (m["top1"] - m["_base_top1"])
     m["_macs_M"] = m["macs"] / 1e6
-    m["prune_seconds"] = pd.to_numeric(m["prune_seconds"])
+    for name in ("prune_seconds", "saliency_seconds"):
+        m[name] = pd.to_numeric(m[name])
+    return m
+
+
+def summary_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Aggregate over seeds: one row per (tier, dataset, arch, variant, method, options, target, ratio,
+    stage).
+
+    Reductions and changes are paired per seed with the unpruned record (stage ``base``, or ``widened``
+    for a widened variant) of the same tier, data set, architecture, variant and seed, then averaged;
+    standard deviations are sample standard deviations over seeds (``ddof=1``; NaN for one seed).
+    Columns (units in the names): ``seeds`` (count), ``achieved_fraction`` (mean), ``params`` (mean
+    count), ``params_reduction_pct`` (percent of base), ``macs_M`` (mean, 10^6 multiply-accumulates per
+    image), ``macs_reduction_pct``, ``top1_pct_mean``/``top1_pct_std`` (percent),
+    ``top1_change_pp_mean``/``top1_change_pp_std`` (percentage points vs base, negative = a loss),
+    ``top5_pct_mean``, ``loss_mean`` (nats), ``prune_seconds_mean``, ``saliency_seconds_mean``.
+    """
+    m = _paired(df)
     if not len(m):
         return pd.DataFrame(columns=list(GROUP_COLUMNS) + _SUMMARY_VALUES)
     out = (m.groupby(list(GROUP_COLUMNS), sort=False, dropna=False)
@@ -295,14 +313,16 @@ def summary_table(df: pd.DataFrame) -> pd.DataFrame:
                 top1_change_pp_std=("_top1_change", "std"),
                 top5_pct_mean=("_top5_pct", "mean"),
                 loss_mean=("loss", "mean"),
-                prune_seconds_mean=("prune_seconds", "mean"))
+                prune_seconds_mean=("prune_seconds", "mean"),
+                saliency_seconds_mean=("saliency_seconds", "mean"))
            .reset_index())
     return out
 
 
 _SUMMARY_VALUES = ["seeds", "achieved_fraction", "params", "params_reduction_pct", "macs_M",
                    "macs_reduction_pct", "top1_pct_mean", "top1_pct_std", "top1_change_pp_mean",
-                   "top1_change_pp_std", "top5_pct_mean", "loss_mean", "prune_seconds_mean"]
+                   "top1_change_pp_std", "top5_pct_mean", "loss_mean", "prune_seconds_mean",
+                   "saliency_seconds_mean"]
 
 
 def _pm(mean: float, std: float, digits: int = 2, signed: bool = False) -> str:
@@ -325,7 +345,7 @@ def format_summary(summary: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for r in summary.itertuples(index=False):
         rows.append({
-            "dataset": r.dataset, "arch": r.arch,
+            "dataset": r.dataset, "arch": r.arch, "variant": r.variant,
             "method": method_label(r.method, r.method_options),
             "target": r.target, "ratio": _num(r.ratio, ".2f"), "stage": r.stage, "seeds": int(r.seeds),
             "removed structures (%)": _num(100 * r.achieved_fraction, ".1f")
@@ -340,45 +360,143 @@ def format_summary(summary: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _title(tier: str, dataset: str, arch: str, variant: str) -> str:
+    widened = "" if variant == ORIGINAL else f", widened {variant}"
+    return f"{dataset} / {arch}{widened} (tier {tier})"
+
+
 def _sections(summary: pd.DataFrame):
-    for (tier, dataset, arch), part in summary.groupby(["tier", "dataset", "arch"], sort=False):
-        yield f"{dataset} / {arch} (tier {tier})", format_summary(part).drop(columns=["dataset", "arch"])
+    summary = summary.assign(variant=summary["variant"].fillna(ORIGINAL)) if "variant" in summary else \
+        summary.assign(variant=ORIGINAL)
+    for key, part in summary.groupby(_SECTION, sort=False):
+        yield _title(*key), format_summary(part).drop(columns=["dataset", "arch", "variant"])
 
 
 _NOTE = ("Mean ± sample standard deviation over seeds. Reductions and Δ are paired per seed with the "
-         "unpruned base model. MACs are multiply-accumulates per image at batch 1 (FLOPs = 2 × MACs). "
-         "`pruned` = one-shot, before fine-tuning.")
+         "unpruned model (base, or the widened network for a widened variant). MACs are "
+         "multiply-accumulates per image at batch 1 (FLOPs = 2 × MACs). `pruned` = one-shot, before "
+         "fine-tuning.")
 
 
-def summary_markdown(summary: pd.DataFrame) -> str:
-    """Markdown: one table per (tier, data set, architecture), with a note on units."""
-    parts = ["# Summary", "", _NOTE, ""]
-    if not len(summary):
+def paper_sections(df: pd.DataFrame):
+    """Paper-style tables, one per (tier, data set, architecture, variant): the unpruned model, then
+    every (method, ratio) after fine-tuning: params and MACs removed (%), top-1 (%) mean ± std over
+    seeds, its change from the unpruned model (pp), and the one-shot top-1 before fine-tuning."""
+    m = _paired(df)
+    for key, part in m.groupby(_SECTION, sort=False):
+        rows = []
+        base = part[part["stage"].isin(UNPRUNED)]
+        if len(base):
+            rows.append({"method": f"unpruned ({base['stage'].iloc[0]})", "ratio": "–",
+                         "params (10^3)": _num(base["params"].mean() / 1e3, ".1f"), "params ↓ (%)": "–",
+                         "MACs (10^6)": _num(base["_macs_M"].mean(), ".3f"), "MACs ↓ (%)": "–",
+                         "top-1 (%)": _pm(base["_top1_pct"].mean(), base["_top1_pct"].std()),
+                         "Δ top-1 (pp)": "–", "one-shot top-1 (%)": "–"})
+        pruned = part[~part["stage"].isin(UNPRUNED)]
+        for (method, options, target, ratio), runs in pruned.groupby(["method", "method_options", "target",
+                                                                      "ratio"], sort=True):
+            fine, shot = runs[runs["stage"] == "finetuned"], runs[runs["stage"] == "pruned"]
+            main = fine if len(fine) else shot
+            rows.append({
+                "method": method_label(method, options),
+                "ratio": _num(ratio, ".2f") + ("" if target == "structures" else f" ({target})"),
+                "params (10^3)": _num(main["params"].mean() / 1e3, ".1f"),
+                "params ↓ (%)": _num(main["_params_red"].mean(), ".1f"),
+                "MACs (10^6)": _num(main["_macs_M"].mean(), ".3f"),
+                "MACs ↓ (%)": _num(main["_macs_red"].mean(), ".1f"),
+                "top-1 (%)": _pm(fine["_top1_pct"].mean(), fine["_top1_pct"].std()) if len(fine) else "–",
+                "Δ top-1 (pp)": _pm(fine["_top1_change"].mean(), fine["_top1_change"].std(), signed=True)
+                if len(fine) else "–",
+                "one-shot top-1 (%)": _pm(shot["_top1_pct"].mean(), shot["_top1_pct"].std()) if len(shot) else "–",
+            })
+        if rows:
+            yield _title(*key), pd.DataFrame(rows)
+
+
+def timing_sections(df: pd.DataFrame):
+    """Scoring cost per method, one table per (tier, data set, architecture, variant): saliency seconds
+    (scoring only) and prune seconds (scoring + selection + surgery), mean ± std over seeds (each seed's
+    value first averaged over its ratios), calibration samples, and the saliency time relative to
+    first-order Taylor where present."""
+    m = tidy(df)
+    m = m[m["stage"] == "pruned"]
+    for key, part in m.groupby(_SECTION, sort=False):
+        per_seed = (part.groupby(["method", "method_options", "seed"], sort=True)
+                    .agg(sal=("saliency_seconds", "mean"), prune=("prune_seconds", "mean"),
+                         samples=("samples", "max"))
+                    .reset_index())
+        agg = (per_seed.groupby(["method", "method_options"], sort=True)
+               .agg(sal_mean=("sal", "mean"), sal_std=("sal", "std"), prune_mean=("prune", "mean"),
+                    prune_std=("prune", "std"), samples=("samples", "max"), seeds=("seed", "nunique"))
+               .reset_index())
+        taylor = agg[(agg["method"] == "taylor") & (agg["method_options"] == "{}")]["sal_mean"]
+        ref = float(taylor.iloc[0]) if len(taylor) and taylor.iloc[0] > 0 else float("nan")  # NaN: no ratio
+        rows = [{"method": method_label(r.method, r.method_options), "seeds": int(r.seeds),
+                 "samples": "–" if pd.isna(r.samples) else f"{int(r.samples)}",
+                 "saliency (s)": _pm(r.sal_mean, r.sal_std, 3), "prune (s)": _pm(r.prune_mean, r.prune_std, 3),
+                 "saliency / taylor (×)": _num(r.sal_mean / ref, ".2f")}
+                for r in agg.itertuples(index=False)]
+        if rows:
+            yield _title(*key), pd.DataFrame(rows)
+
+
+_TIMING_NOTE = ("Wall-clock seconds of one pruning job's scoring (saliency) and of scoring + selection + "
+                "surgery (prune), on the job's device and threads; mean ± std over seeds. Saliencies are "
+                "computed once per (model, method) and shared by every ratio.")
+_PAPER_NOTE = ("Top-1 after fine-tuning, mean ± sample standard deviation over seeds; ↓ = reduction "
+               "relative to the unpruned model of the same seed; Δ = change of top-1 in percentage "
+               "points; one-shot = before fine-tuning. MACs per image at batch 1.")
+
+#: table name -> (title, note, function of the records DataFrame yielding (section title, table))
+TABLES = {
+    "summary": ("Summary", _NOTE, lambda df: _sections(summary_table(df))),
+    "paper": ("Pruning results", _PAPER_NOTE, paper_sections),
+    "timing": ("Scoring time per method", _TIMING_NOTE, timing_sections),
+}
+
+
+def _markdown(title: str, note: str, sections) -> str:
+    parts = [f"# {title}", "", note, ""]
+    sections = list(sections)
+    if not sections:
         parts.append("_no records_")
-    for title, table in _sections(summary):
-        parts += [f"## {title}", "", table.to_markdown(index=False, disable_numparse=True), ""]
+    for heading, table in sections:
+        parts += [f"## {heading}", "", table.to_markdown(index=False, disable_numparse=True), ""]
     return "\n".join(parts).rstrip() + "\n"
 
 
 _LATEX_HEADERS = {"removed structures (%)": "removed structures (\\%)", "params (10^3)": "params ($10^3$)",
                   "params removed (%)": "params removed (\\%)", "MACs (10^6)": "MACs ($10^6$)",
                   "MACs removed (%)": "MACs removed (\\%)", "top-1 (%)": "top-1 (\\%)",
-                  "Δ top-1 vs base (pp)": "$\\Delta$ top-1 vs base (pp)"}
+                  "Δ top-1 vs base (pp)": "$\\Delta$ top-1 vs base (pp)",
+                  "params ↓ (%)": "params $\\downarrow$ (\\%)", "MACs ↓ (%)": "MACs $\\downarrow$ (\\%)",
+                  "Δ top-1 (pp)": "$\\Delta$ top-1 (pp)", "one-shot top-1 (%)": "one-shot top-1 (\\%)",
+                  "saliency / taylor (×)": "saliency / taylor ($\\times$)"}
+
+
+def _latex(note: str, sections) -> str:
+    parts = [f"% {note}", "% requires \\usepackage{booktabs}"]
+    for heading, table in sections:
+        cells = table.astype(str).apply(lambda col: col.map(_latex_cell))
+        cells.columns = [_LATEX_HEADERS.get(c, _latex_cell(c)) for c in table.columns]
+        parts += [f"% {heading}", cells.to_latex(index=False, escape=False)]
+    return "\n".join(parts)
+
+
+def summary_markdown(summary: pd.DataFrame) -> str:
+    """Markdown: one table per (tier, data set, architecture, variant), with a note on units."""
+    return _markdown("Summary", _NOTE, _sections(summary))
 
 
 def summary_latex(summary: pd.DataFrame) -> str:
-    """LaTeX (booktabs) tables, one per (tier, data set, architecture)."""
-    parts = [f"% {_NOTE}", "% requires \\usepackage{booktabs}"]
-    for title, table in _sections(summary):
-        cells = table.astype(str).apply(lambda col: col.map(_latex_cell))
-        cells.columns = [_LATEX_HEADERS.get(c, _latex_cell(c)) for c in table.columns]
-        parts += [f"% {title}", cells.to_latex(index=False, escape=False)]
-    return "\n".join(parts)
+    """LaTeX (booktabs) tables, one per (tier, data set, architecture, variant)."""
+    return _latex(_NOTE, _sections(summary))
 
 
 def _latex_cell(text: str) -> str:
     text = re.sub(r"([_%&#])", r"\\\1", text)
-    return text.replace("±", "$\\pm$").replace("–", "--")
+    return (text.replace("±", "$\\pm$").replace("–", "--").replace("↓", "$\\downarrow$")
+            .replace("×", "$\\times$").replace("Δ", "$\\Delta$"))
 
 
 def write_tables(summary: pd.DataFrame, markdown_path: str | os.PathLike,
@@ -386,6 +504,57 @@ def write_tables(summary: pd.DataFrame, markdown_path: str | os.PathLike,
     write_atomic(markdown_path, lambda tmp: tmp.write_text(summary_markdown(summary)))
     if latex_path is not None:
         write_atomic(latex_path, lambda tmp: tmp.write_text(summary_latex(summary)))
+
+
+def _html(title: str, note: str, sections) -> str:
+    import html
+
+    parts = [f"<h2>{html.escape(title)}</h2>", f"<p>{html.escape(note)}</p>"]
+    sections = list(sections)
+    if not sections:
+        parts.append("<p><em>no records</em></p>")
+    for heading, table in sections:
+        parts += [f"<h3>{html.escape(heading)}</h3>", table.to_html(index=False, border=0, classes="table")]
+    return "\n".join(parts) + "\n"
+
+
+TABLE_FORMATS = ("md", "tex", "html")
+
+
+def write_named_tables(df: pd.DataFrame, out_dir: str | os.PathLike, names: Iterable[str] | None = None,
+                       formats: Iterable[str] = TABLE_FORMATS) -> list[Path]:
+    """Tables of :data:`TABLES` (default all) from the records ``df``: ``out_dir/<name>.md`` (Markdown),
+    ``.tex`` (LaTeX, booktabs) and ``.html`` (for the Snakemake report)."""
+    from .errors import UnknownNameError
+
+    paths = []
+    for name in names or TABLES:
+        if name not in TABLES:
+            raise UnknownNameError("table", name, TABLES)
+        title, note, sections = TABLES[name]
+        sections = list(sections(df))
+        for fmt in formats:
+            path = Path(out_dir) / f"{name}.{fmt}"
+            render = {"md": lambda: _markdown(title, note, sections), "tex": lambda: _latex(note, sections),
+                      "html": lambda: _html(title, note, sections)}
+            if fmt not in render:
+                raise UnknownNameError("table format", fmt, render)
+            text = render[fmt]()
+            write_atomic(path, lambda tmp, text=text: tmp.write_text(text))
+            paths.append(path)
+    return paths
+
+
+def read_runs_csv(path: str | os.PathLike) -> pd.DataFrame:
+    """``runs.csv`` back as the records DataFrame (the inverse of :func:`write_runs_csv`)."""
+    try:
+        df = pd.read_csv(path, dtype={"method_options": str})
+    except (OSError, ValueError) as exc:
+        raise DataError(f"cannot read {path}: {exc}") from None
+    missing = [k for k in ("tier", "dataset", "arch", "seed", "stage") if k not in df.columns]
+    if missing:
+        raise DataError(f"{path} lacks column(s) {', '.join(missing)}: is it a runs.csv?")
+    return tidy(df)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -134,3 +134,41 @@ def test_verbs_chain_in_process(base_model, tmp_path, capsys):
     for name in ("tables/summary.md", "tables/summary.tex", "figures/tradeoff_macs.png",
                  "figures/tradeoff_macs.pdf"):
         assert (d / "out" / name).stat().st_size > 0
+
+
+def test_measure_many_models_and_report_parts(base_model, tmp_path):
+    """`measure` takes several models (one record each); `report` rebuilds parts from a runs.csv."""
+    from sosp import cli
+
+    d = tmp_path
+    assert cli.main(["prune", "--model", str(base_model), "--method", "random", "--ratio", "0.3", "0.6",
+                     "--samples", "32", "--quiet", "--tier", "t", "--out", str(d / "a.pt"), str(d / "b.pt"),
+                     "--record", str(d / "a.json"), str(d / "b.json")]) == 0
+    assert cli.main(["measure", "--model", str(d / "a.pt"), str(d / "b.pt"), "--record", str(d / "a.json"),
+                     str(d / "b.json"), "--latency-batches", "1", "--threads", "1", "--gpu-latency", "never",
+                     "--quiet", "--out", str(d / "r" / "a.json"), str(d / "r" / "b.json")]) == 0
+    a, b = (json.loads((d / "r" / f"{n}.json").read_text()) for n in "ab")
+    assert a["ratio"] == 0.3 and b["ratio"] == 0.6 and b["macs"] < a["macs"] and a["latency_cpu_b1_ms"] > 0
+    assert "latency_cuda_b1_ms" not in a
+    assert cli.main(["report", str(d / "r"), "--out-dir", str(d / "out"), "--only", "runs", "--quiet"]) == 0
+    assert not (d / "out" / "tables").exists()
+    assert cli.main(["report", str(d / "out" / "runs.csv"), "--out-dir", str(d / "out"), "--only", "tables",
+                     "figures", "--figures", "oneshot_ratio", "--formats", "png", "--quiet"]) == 0
+    assert {p.name for p in (d / "out" / "tables").iterdir()} == {
+        f"{n}.{f}" for n in ("summary", "paper", "timing") for f in ("md", "tex", "html")}
+    assert [p.name for p in (d / "out" / "figures").iterdir()] == ["oneshot_ratio.png"]
+
+
+def test_measure_and_prune_argument_counts(base_model, tmp_path):
+    proc = run_sosp("measure", "--model", str(base_model), str(base_model), "--out", str(tmp_path / "x.json"))
+    assert_user_error(proc, "one --out", "2 model(s)")
+    proc = run_sosp("prune", "--model", str(base_model), "--method", "random", "--ratio", "0.3", "0.5",
+                    "--out", str(tmp_path / "p.pt"), "--record", str(tmp_path / "p.json"))
+    assert_user_error(proc, "one --out and one --record per --ratio")
+    import torch
+
+    if not torch.cuda.is_available():
+        proc = run_sosp("measure", "--model", str(base_model), "--gpu-latency", "always",
+                        "--out", str(tmp_path / "x.json"))
+        assert_user_error(proc, "no CUDA device")
+        assert not (tmp_path / "x.json").exists()

@@ -94,7 +94,7 @@ def test_make_record_fields():
     rec = results.make_record("pruned", tier="t", dataset="d", arch="a", seed=3, method="m", ratio=0.3,
                               target="structures", top1=0.5, latency_cpu_b256_ms=1.0)
     assert set(results.COLUMNS) <= set(rec) and rec["method_options"] == "{}"
-    assert rec["macs"] is None and rec["latency_cpu_b256_ms"] == 1.0 and rec["schema_version"] == 1
+    assert rec["macs"] is None and rec["latency_cpu_b256_ms"] == 1.0 and rec["schema_version"] == results.SCHEMA_VERSION
     with pytest.raises(ValueError, match="unknown record field"):
         results.make_record("base", tier="t", dataset="d", arch="a", seed=0, top_1=0.5)
     with pytest.raises(ValueError, match="unknown stage"):
@@ -128,3 +128,79 @@ def test_tables_and_figures(records, tmp_path):
     assert any("base" in t.get_text() for t in ax.get_legend().get_texts())
     empty = plots.tradeoff(df.iloc[0:0])  # no data: a placeholder, not an error
     assert empty is not None
+
+
+@pytest.fixture
+def study(records):
+    """The records above plus a widened variant (its own unpruned reference, stage `widened`) and
+    timings, and a bottleneck analysis as `sosp bottleneck` writes it."""
+    more = [
+        _rec("widened", 0, 0.95, 2000, 8_000_000, variant="bottleneck-x2"),
+        _rec("widened", 1, 0.97, 2000, 8_000_000, variant="bottleneck-x2"),
+        _rec("finetuned", 0, 0.93, 1000, 4_000_000, "sosp_h", 0.5, variant="bottleneck-x2"),
+        _rec("finetuned", 1, 0.93, 1000, 4_000_000, "sosp_h", 0.5, variant="bottleneck-x2"),
+        _rec("pruned", 0, 0.5, 500, 2_000_000, "taylor", 0.5, saliency_seconds=0.1, prune_seconds=0.3),
+        _rec("pruned", 1, 0.6, 500, 2_000_000, "taylor", 0.5, saliency_seconds=0.3, prune_seconds=0.5),
+    ]
+    out = [dict(r) for r in records]
+    for r in out:
+        if r["stage"] == "pruned":
+            r.update(saliency_seconds=0.2, prune_seconds=0.4, latency_cpu_b1_ms=1.0, latency_cpu_b1_iqr_ms=0.1)
+    analysis = {"tier": "t", "dataset": "digits", "arch": "resnet20", "method": "sosp_h", "ratio": 0.5,
+                "by_ratio": {"0.5": {"seeds": [0, 1], "layers": {"stage1": [0.1, 0.2], "layer1.0": [0.6, 0.7]},
+                                     "blocks": {"layer1": [0.3, 0.4]}}},
+                "bottlenecks": ["stage1"], "bottleneck_blocks": ["layer1"]}
+    return out + more, [analysis]
+
+
+def test_widened_variant_is_paired_with_its_own_unpruned_network(study):
+    records, _ = study
+    summary = results.summary_table(pd.DataFrame(records))
+    widened = _row(summary, variant="bottleneck-x2", stage="finetuned")
+    # paired with the widened networks (95, 97), not with the original base (90, 94)
+    assert widened.top1_change_pp_mean == pytest.approx(-3.0) and widened.params_reduction_pct == pytest.approx(50)
+    assert _row(summary, variant="bottleneck-x2", stage="widened").top1_change_pp_mean == pytest.approx(0.0)
+    md = results.summary_markdown(summary)
+    assert "digits / resnet20, widened bottleneck-x2 (tier t)" in md and "digits / resnet20 (tier t)" in md
+
+
+def test_paper_and_timing_tables(study, tmp_path):
+    records, _ = study
+    df = results.tidy(pd.DataFrame(records))
+    paths = results.write_named_tables(df, tmp_path)
+    assert {p.name for p in paths} == {f"{n}.{f}" for n in results.TABLES for f in results.TABLE_FORMATS}
+    paper = (tmp_path / "paper.md").read_text()
+    assert "unpruned (base)" in paper and "unpruned (widened)" in paper
+    assert "| sosp_h           | 0.50    |" in paper or "sosp_h" in paper
+    timing = (tmp_path / "timing.md").read_text()
+    # taylor: per-seed saliency 0.1, 0.3 -> 0.200 ± 0.141; sosp_h 0.2 -> 1.00 x taylor
+    assert "0.200 ± 0.141" in timing and "| 1.00 " in timing
+    assert "\\begin{tabular}" in (tmp_path / "timing.tex").read_text()
+    assert "<table" in (tmp_path / "paper.html").read_text()
+
+
+def test_runs_csv_round_trip_keeps_variants(study, tmp_path):
+    records, _ = study
+    df = results.tidy(pd.DataFrame(records))
+    results.write_runs_csv(df, tmp_path / "runs.csv")
+    back = results.read_runs_csv(tmp_path / "runs.csv")
+    assert len(back) == len(df) and set(back["variant"]) == {"original", "bottleneck-x2"}
+    assert list(back["method_options"]) == list(df["method_options"])
+    old = df.drop(columns=["variant"])  # schema version 1 records had no variant
+    assert set(results.tidy(old)["variant"]) == {"original"}
+    (tmp_path / "x.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(DataError, match="runs.csv"):
+        results.read_runs_csv(tmp_path / "x.csv")
+
+
+def test_every_figure_draws_from_records(study, tmp_path):
+    records, analyses = study
+    df = results.tidy(pd.DataFrame(records))
+    paths = plots.write_figures(df, tmp_path, formats=["png"], bottleneck=analyses)
+    assert {p.name for p in paths} == {f"{n}.png" for n in plots.FIGURES}
+    fig = plots.layer_ratios(df, bottleneck=analyses)
+    assert any("stage1 ★" == t.get_text() for t in fig.axes[0].get_xticklabels())
+    fig = plots.bottleneck_params(df)
+    assert {t.get_text() for t in fig.axes[0].get_legend().get_texts()} == {"original", "bottleneck-x2"}
+    for name, fn in plots.FIGURES.items():  # no data: a placeholder, never an error
+        assert fn(df.iloc[0:0], bottleneck=[]) is not None, name
