@@ -1,5 +1,8 @@
 # The default workflow: `make workflow` (= snakemake --cores 2 --profile workflow/profiles/default).
 # Another tier: add --configfile config/<tier>.yaml. Every rule is a thin call of `sosp <verb>`.
+# `snakemake --cores 1 figures` rebuilds runs.csv, tables and figures from results/<tier>/ alone;
+# `snakemake --report report.html` bundles every table and figure with its caption.
+import re
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
@@ -9,6 +12,9 @@ min_version("8.0")
 
 
 configfile: "config/config.yaml"
+
+
+report: "workflow/report/workflow.rst"
 
 
 # Before any job: snakemake's validate (it also fills in the schema's defaults), its error cut to one
@@ -21,6 +27,29 @@ except WorkflowError as _error:
         raise
     _where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in _cause.absolute_path)
     raise WorkflowError(f"invalid config: {_where.lstrip('.') or '(top level)'}: {_cause.message}") from None
+
+
+def _check_config(config):
+    """Checks across keys that a JSON schema cannot express; the first failure stops the run with one
+    line naming the key."""
+    bottleneck, ratios = config["bottleneck"], [float(r) for r in config["prune"]["ratios"]]
+    dataset = config["dataset"]
+    if dataset["name"] in ("imagefolder", "imagenet") and not dataset.get("root"):
+        yield "dataset.root", f"the {dataset['name']} data set needs the folder that holds train/ and test/ (or val/)"
+    if bottleneck["enabled"]:
+        if not bottleneck["archs"]:
+            yield "bottleneck.archs", "the bottleneck study is enabled but names no architecture"
+        for i, arch in enumerate(bottleneck["archs"]):
+            if arch not in config["archs"]:
+                yield f"bottleneck.archs[{i}]", f"{arch!r} is not one of archs {config['archs']}"
+            elif not re.fullmatch(r"resnet\d+|vgg\d+", arch):
+                yield f"bottleneck.archs[{i}]", f"{arch!r} has no width keys (a CIFAR resnet<6n+2> or vgg<11|13|16|19> is needed)"
+        if float(bottleneck["ratio"]) not in ratios:
+            yield "bottleneck.ratio", f"{bottleneck['ratio']} is not one of prune.ratios {config['prune']['ratios']}"
+
+
+for _key, _message in _check_config(config):
+    raise WorkflowError(f"invalid config: {_key}: {_message}")
 
 
 include: "workflow/rules/common.smk"

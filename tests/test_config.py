@@ -41,13 +41,43 @@ def test_shipped_configs_validate(path):
 
 def test_defaults_are_filled_in():
     config = default_config()
-    for key in ("resources", "report", "measure", "arch_options"):
+    for key in ("resources", "report", "measure", "arch_options", "bottleneck"):
         config.pop(key, None)
-    config["prune"].pop("samples")
+    for key in ("samples", "timed", "warmup_batches"):
+        config["prune"].pop(key)
     validate(config, SCHEMA)
     assert config["prune"]["samples"] == 1024 and config["measure"]["latency_batches"] == [1, 256]
+    assert config["prune"]["timed"] is False and config["prune"]["warmup_batches"] == 1
+    assert config["measure"]["gpu_latency"] == "auto" and config["measure"]["iters"] == 30
     assert config["resources"]["train"] == {"threads": 1, "mem_mb": 2000, "runtime": 30}
-    assert config["report"]["figures"] == ["tradeoff_macs", "tradeoff_params"]
+    assert config["report"]["tables"] == ["summary", "paper", "timing"]
+    assert len(config["report"]["figures"]) == 7
+    assert config["bottleneck"] == {"enabled": False, "archs": [], "method": "sosp_h", "ratio": 0.5,
+                                    "selection": "fraction", "value": 0.25, "level": "layer", "factor": 2.0,
+                                    "uniform_factor": 1.1, "methods": ["sosp_h"]}
+
+
+def test_schema_names_match_the_library():
+    """The schema's lists of methods, figures and tables are the registries' (a new method, figure or
+    table must be added to both)."""
+    from sosp import plots, prune, results
+
+    schema = yaml.safe_load(Path(SCHEMA).read_text())
+    assert sorted(schema["$defs"]["method"]["enum"]) == sorted(prune.METHODS)
+    assert sorted(schema["$defs"]["figure"]["enum"]) == sorted(plots.FIGURES)
+    assert sorted(schema["properties"]["report"]["properties"]["tables"]["items"]["enum"]) == sorted(results.TABLES)
+
+
+def test_every_tier_is_documented():
+    readme = (REPO / "config" / "README.md").read_text()
+    for path in CONFIGS:
+        assert f"`{path.name}`" in readme, path.name
+    schema = yaml.safe_load(Path(SCHEMA).read_text())
+    for key in schema["properties"]:
+        assert f"`{key}`" in readme, key
+    for section in ("prune", "measure", "bottleneck", "report"):
+        for key in schema["properties"][section]["properties"]:
+            assert f"`{key}`" in readme, f"{section}.{key}"
 
 
 def test_default_tier_matches_the_library():
@@ -81,6 +111,15 @@ def _mutate(path: str, value) -> dict:
     ("seeds", [0, "1"], "['seeds']"),
     ("prune.target", "flops", "prune']['target']"),
     ("dataset.name", "mnist", "dataset']['name']"),
+    ("prune.methods", ["sosp_h", "sosp_x"], "prune']['methods'][1]"),  # unknown method
+    ("bottleneck.factor", -2, "bottleneck']['factor']"),
+    ("bottleneck.level", "stage", "bottleneck']['level']"),
+    ("measure.gpu_latency", "maybe", "measure']['gpu_latency']"),
+    ("measure.iters", 5, "measure']['iters']"),  # method.md: at least 30 timed iterations
+    ("report.figures", ["tradeoff_macs", "pie_chart"], "report']['figures'][1]"),
+    ("resources.train", {"gpu": -1}, "resources']['train']['gpu']"),
+    ("resources.trian", {"threads": 2}, "'trian' was unexpected"),
+    ("archs", ["resnet20+x"], "['archs'][0]"),  # '+' is reserved for widened variants
 ])
 def test_bad_config_is_rejected_naming_the_key(path, value, named):
     with pytest.raises(WorkflowError) as info:
@@ -96,17 +135,23 @@ def test_missing_required_key_is_named():
 
 
 @pytest.mark.slow
-def test_workflow_stops_before_any_job(tmp_path):
+@pytest.mark.parametrize("path, value, message", [
+    ("prune.ratios", [0.5, 1.5], "invalid config: prune.ratios[1]: 1.5 is greater than or equal to the maximum of 1"),
+    ("bottleneck.ratio", 0.4, "invalid config: bottleneck.ratio: 0.4 is not one of prune.ratios"),
+    ("bottleneck.archs", ["resnet56"], "invalid config: bottleneck.archs[0]: 'resnet56' is not one of archs"),
+    ("dataset.name", "imagefolder", "invalid config: dataset.root: the imagefolder data set needs the folder"),
+])
+def test_workflow_stops_before_any_job(tmp_path, path, value, message):
     """Snakemake itself rejects a bad config up front with one line naming the key; nothing runs."""
     for name in ("Snakefile", "workflow", "config"):
         src = REPO / name
         (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / name)
-    bad = _mutate("prune.ratios", [0.5, 1.5])
+    bad = _mutate(path, value)
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad))
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     proc = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "1", "--configfile", "bad.yaml"],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0
-    assert "invalid config: prune.ratios[1]: 1.5 is greater than or equal to the maximum of 1" in out, out
+    assert message in out, out
     assert not (tmp_path / "work").exists() and not (tmp_path / "results").exists()

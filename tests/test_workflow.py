@@ -1,11 +1,17 @@
-"""One end-to-end run of the default workflow on a tiny setting (1 seed, 1 ratio, 1 epoch each), in a
-temporary copy of the workflow; then a second call must have nothing to do."""
+"""The Snakemake workflow: a dry run of every tier plans the number of jobs its config implies; the
+default tier runs end to end on a tiny setting (2 methods and the bottleneck study, 1 epoch) in a
+temporary copy, and a second call has nothing to do; the report; an interrupted training job leaves no
+output and resumes from its checkpoint; tables and figures are rebuilt from committed records alone."""
 from __future__ import annotations
 
+import copy
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -13,59 +19,198 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+TIERS = sorted(p.name for p in (REPO / "config").glob("*.yaml"))
 
 TINY = {
     "tier": "tiny",
+    "archs": ["resnet20"],
     "seeds": [0],
     "train": {"epochs": 1, "batch_size": 128, "lr": 0.1},
     "finetune": {"epochs": 1, "batch_size": 128, "lr": 0.01},
-    "prune": {"methods": ["sosp_h"], "ratios": [0.5], "samples": 128, "score_batch_size": 64},
+    "prune": {"methods": ["sosp_h", "magnitude"], "ratios": [0.5], "samples": 128, "score_batch_size": 64},
     "measure": {"latency_batches": [1, 4]},
+    "bottleneck": {"enabled": True, "archs": ["resnet20"], "ratio": 0.5, "methods": ["sosp_h"]},
+    "report": {"figures": ["tradeoff_macs", "layer_ratios", "bottleneck_params"]},
 }
 
 
-def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+def copy_workflow(dest: Path, results: bool = False) -> None:
+    """Snakefile, workflow/ and config/ (and results/ if asked) into ``dest``: a fresh clone, no work/."""
+    names = ("Snakefile", "workflow", "config") + (("results",) if results else ())
+    for name in names:
+        src = REPO / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, dest / name)
+
+
+def snakemake(workdir: Path, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    return subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", "tiny.yaml",
-                           *args], cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=workdir, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """The dry run's `Job stats` table: rule -> number of jobs (and `total`)."""
+    table = output[output.rindex("Job stats:"):]
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)}
+
+
+def merged_config(tier: str) -> dict:
+    """The config of a tier as Snakemake sees it: the tier file over config/config.yaml, mappings merged."""
+    def merge(base, overlay):
+        out = copy.deepcopy(base)
+        for k, v in overlay.items():
+            out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        return out
+
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    return merge(config, yaml.safe_load((REPO / "config" / tier).read_text()))
+
+
+def expected_jobs(config: dict) -> dict[str, int]:
+    """Jobs of a full run, derived from the config (architecture.md's data flow):
+    data once; one training per (net, seed), where the nets are the archs plus two widened variants per
+    bottleneck arch; one pruning job per (net, seed, method) for all ratios; one fine-tuning per
+    (net, seed, method, ratio); one measuring job per (net, seed); one bottleneck analysis per arch; runs,
+    tables, one job per figure, and `all`."""
+    seeds, ratios = len(config["seeds"]), len(config["prune"]["ratios"])
+    bottleneck = config.get("bottleneck", {})
+    b_archs = len(bottleneck.get("archs", [])) if bottleneck.get("enabled") else 0
+    b_methods = len(bottleneck.get("methods", ["sosp_h"]))
+    archs, methods = len(config["archs"]), len(config["prune"]["methods"])
+    widened = 2 * b_archs
+    prune = seeds * (archs * methods + widened * b_methods)
+    figures = config.get("report", {}).get("figures", [])
+    counts = {"data": 1, "train": seeds * (archs + widened), "prune": prune, "finetune": prune * ratios,
+              "measure": seeds * archs, "measure_widened": seeds * widened, "bottleneck": b_archs,
+              "runs": 1, "tables": 1, "all": 1, **{f"figure_{f}": 1 for f in figures}}
+    counts = {k: v for k, v in counts.items() if v}
+    counts["total"] = sum(counts.values())
+    return counts
+
+
+@pytest.mark.parametrize("tier", TIERS)
+def test_dry_run_plans_the_jobs_of_the_config(tier, tmp_path):
+    copy_workflow(tmp_path)
+    proc = snakemake(tmp_path, "--dry-run", "--cores", "2", "--configfile", f"config/{tier}")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert job_counts(proc.stdout) == expected_jobs(merged_config(tier))
 
 
 @pytest.mark.slow
 @pytest.mark.xdist_group("workflow")
 def test_default_workflow_end_to_end(tmp_path):
-    for name in ("Snakefile", "workflow", "config"):
-        src = REPO / name
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / name)
+    copy_workflow(tmp_path)
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(TINY))
 
-    proc = snakemake(tmp_path, "--profile", "workflow/profiles/default")
+    proc = snakemake(tmp_path, "--profile", "workflow/profiles/default", "--configfile", "tiny.yaml")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
 
     out = tmp_path / "results" / "tiny"
     runs = pd.read_csv(out / "runs.csv")
-    assert len(runs) == 3
-    assert sorted(runs["stage"]) == ["base", "finetuned", "pruned"]
-    assert set(runs["tier"]) == {"tiny"} and set(runs["dataset"]) == {"digits"}
-    assert set(runs["arch"]) == {"resnet20"} and set(runs["seed"]) == {0}
-    pruned = runs[runs["stage"] != "base"]
-    assert set(pruned["method"]) == {"sosp_h"} and set(pruned["ratio"]) == {0.5}
-    assert (pruned["achieved_fraction"] > 0.4).all()
-    base = runs[runs["stage"] == "base"].iloc[0]
-    assert (pruned["macs"] < base["macs"]).all() and (pruned["params"] < base["params"]).all()
+    # originals: base + 2 methods x (pruned, finetuned); 2 widened variants x (widened, pruned, finetuned)
+    assert len(runs) == 5 + 6
+    assert set(runs["variant"]) == {"original", "bottleneck-x2", "uniform-x1.1"}
+    original = runs[runs["variant"] == "original"]
+    assert sorted(original["stage"]) == ["base", "finetuned", "finetuned", "pruned", "pruned"]
+    assert set(runs["tier"]) == {"tiny"} and set(runs["dataset"]) == {"digits"} and set(runs["seed"]) == {0}
+    pruned = runs[~runs["stage"].isin(["base", "widened"])]
+    assert set(pruned["ratio"]) == {0.5} and (pruned["achieved_fraction"] > 0.4).all()
+    assert set(original["method"]) == {"none", "sosp_h", "magnitude"}
+    base = original[original["stage"] == "base"].iloc[0]
+    shrunk = pruned[pruned["variant"] == "original"]
+    assert (shrunk["macs"] < base["macs"]).all() and (shrunk["params"] < base["params"]).all()
     assert (runs["macs"] == runs["macs_fvcore"]).all()
-    assert runs[["top1", "top5", "loss", "latency_cpu_b1_ms", "latency_cpu_b4_ms"]].notna().all().all()
+    measured = ["params", "macs", "top1", "top5", "loss", "latency_cpu_b1_ms", "latency_cpu_b4_ms",
+                "latency_cpu_b1_iqr_ms", "device_name", "threads"]
+    assert runs[measured].notna().all().all()
     assert runs["top1"].between(0, 1).all()
+    assert pruned[["saliency_seconds", "prune_seconds"]].notna().all().all()
+    widened = runs[runs["stage"] == "widened"].set_index("variant")
+    assert widened.loc["bottleneck-x2", "params"] > base["params"]
+    assert widened.loc["uniform-x1.1", "params"] > base["params"]
 
+    assert (out / "bottleneck" / "resnet20.json").exists()
     table = (out / "tables" / "summary.md").read_text()
-    assert "digits / resnet20 (tier tiny)" in table
-    assert all(stage in table for stage in ("| base", "| pruned", "| finetuned"))
-    assert (out / "tables" / "summary.tex").read_text().count("\\begin{tabular}") == 1
-    for name in ("tradeoff_macs", "tradeoff_params"):
+    assert "digits / resnet20 (tier tiny)" in table and "widened bottleneck-x2" in table
+    for name in ("summary", "paper", "timing"):
+        assert (out / "tables" / f"{name}.tex").read_text().count("\\begin{tabular}") == 3
+    for name in TINY["report"]["figures"]:
         assert (out / "figures" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
         assert (out / "figures" / f"{name}.pdf").read_bytes()[:4] == b"%PDF"
-    assert (out / "benchmarks" / "train" / "resnet20" / "s0" / "base.tsv").exists()
-    assert (tmp_path / "work" / "tiny" / "models" / "resnet20" / "s0" / "base.pt").exists()
+    for rule in ("train", "prune", "finetune", "measure", "bottleneck"):
+        assert list((out / "benchmarks" / rule).rglob("*.tsv")), rule
+    assert (tmp_path / "work" / "tiny" / "models" / "resnet20+bottleneck" / "s0" / "base.pt").exists()
 
-    again = snakemake(tmp_path, "--dry-run")
+    again = snakemake(tmp_path, "--dry-run", "--cores", "2", "--configfile", "tiny.yaml")
     assert again.returncode == 0, again.stderr[-3000:]
     assert "Nothing to be done" in again.stdout + again.stderr, again.stdout[-3000:] + again.stderr[-3000:]
+
+    report = snakemake(tmp_path, "--report", "report.html", "--configfile", "tiny.yaml")
+    assert report.returncode == 0, report.stdout[-2000:] + report.stderr[-3000:]
+    assert (tmp_path / "report.html").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_interrupted_training_leaves_no_output_and_resumes(tmp_path):
+    """Kill the workflow during training: the job's outputs are gone, its checkpoint stays; the rerun
+    resumes from it and finishes."""
+    copy_workflow(tmp_path)
+    config = {**TINY, "tier": "cut", "train": {"epochs": 30, "batch_size": 64, "lr": 0.1},
+              "bottleneck": {"enabled": False}}
+    (tmp_path / "cut.yaml").write_text(yaml.safe_dump(config))
+    target = "work/cut/models/resnet20/s0/base.pt"
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    proc = subprocess.Popen([sys.executable, "-m", "snakemake", target, "--cores", "1", "--configfile", "cut.yaml"],
+                            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    checkpoints = tmp_path / "work" / "cut" / "checkpoints" / "resnet20" / "s0" / "base"
+    deadline = time.time() + 120
+    while not list(checkpoints.rglob("last.pt")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert list(checkpoints.rglob("last.pt")), "no checkpoint appeared"
+    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: Snakemake stops the job and removes its outputs
+    proc.wait(timeout=60)
+    models = tmp_path / "work" / "cut" / "models" / "resnet20" / "s0"
+    assert not (models / "base.pt").exists() and not list(models.glob("*.tmp")) and not list(models.glob(".*"))
+    assert not (tmp_path / "work" / "cut" / "records" / "resnet20" / "s0" / "base.json").exists()
+    assert list(checkpoints.rglob("last.pt"))
+
+    done = snakemake(tmp_path, target, "--cores", "1", "--rerun-incomplete", "--configfile", "cut.yaml")
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    log = (tmp_path / "work" / "cut" / "logs" / "train" / "resnet20" / "s0" / "base.log").read_text()
+    assert "resuming from the checkpoint" in log and "train epoch 30/30" in log
+    assert "train epoch 1/30:" not in log  # the epochs before the interruption were not redone
+    assert (models / "base.pt").exists() and not list(checkpoints.rglob("last.pt"))
+
+
+@pytest.mark.slow
+def test_figures_rebuild_from_committed_records_on_a_fresh_clone(tmp_path):
+    """Copy Snakefile, workflow, config and results (no work/, no checkpoints), delete the tables and
+    figures, and rebuild them: the plan holds only the figures job, and nothing is trained."""
+    copy_workflow(tmp_path, results=True)
+    out = tmp_path / "results" / "default"
+    if not (out / "records").is_dir():
+        pytest.skip("no committed records of the default tier")
+    shutil.rmtree(out / "tables")
+    shutil.rmtree(out / "figures")
+    (out / "runs.csv").unlink()
+
+    plan = snakemake(tmp_path, "--dry-run", "--cores", "1", "figures")
+    assert plan.returncode == 0, plan.stderr[-3000:]
+    assert job_counts(plan.stdout) == {"figures": 1, "total": 1}
+
+    proc = snakemake(tmp_path, "--cores", "1", "figures")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    log = proc.stdout + proc.stderr
+    assert not re.search(r"rule (train|prune|finetune|measure|bottleneck|data)\b", log), log[-3000:]
+    assert not (tmp_path / "work").exists()
+    config = merged_config("config.yaml")
+    for name in config["report"]["figures"]:
+        for fmt in config["report"]["formats"]:
+            assert (out / "figures" / f"{name}.{fmt}").stat().st_size > 1000, (name, fmt)
+    for name in config["report"]["tables"]:
+        assert (out / "tables" / f"{name}.md").read_text().startswith("# ")
+    runs = pd.read_csv(out / "runs.csv")
+    assert len(runs) == len(list((out / "records").rglob("*.json")))
+    committed = pd.read_csv(REPO / "results" / "default" / "runs.csv")
+    assert runs.shape == committed.shape

@@ -1,4 +1,9 @@
 # Paths, targets and command-line fragments shared by the rules (no rules here).
+#
+# A "net" is what one base model is trained as: an architecture of `archs` at its registry widths
+# (`resnet20`), or, in the bottleneck study, a widened variant of one (`resnet20+bottleneck`,
+# `resnet20+uniform`). Every later stem starts with the net, so the variants flow through the same
+# prune / finetune / measure rules as the originals.
 import json
 import shlex
 import sys
@@ -17,18 +22,78 @@ SOSP = shlex.quote(str(_sosp)) if _sosp.exists() else "sosp"
 TARGETS = []
 
 
+def ratio_label(ratio):
+    return str(float(ratio))
+
+
+PRUNE = config["prune"]
+TARGET = PRUNE["target"]
+RATIOS = [ratio_label(r) for r in PRUNE["ratios"]]
+SEEDS = [str(s) for s in config["seeds"]]
+BOTTLENECK = config["bottleneck"]
+BOTTLENECK_ARCHS = list(BOTTLENECK["archs"]) if BOTTLENECK["enabled"] else []
+VARIANTS = ("bottleneck", "uniform")  # widened at the bottlenecks only / every layer uniformly
+
+
+def net_name(arch, variant=None):
+    return arch if variant is None else f"{arch}+{variant}"
+
+
+def split_net(net):
+    """`resnet20+bottleneck` -> ("resnet20", "bottleneck"); `resnet20` -> ("resnet20", None)."""
+    arch, _, variant = net.partition("+")
+    return arch, (variant or None)
+
+
+ORIGINAL_NETS = list(config["archs"])
+WIDENED_NETS = [net_name(arch, v) for arch in BOTTLENECK_ARCHS for v in VARIANTS]
+NETS = ORIGINAL_NETS + WIDENED_NETS
+
+
+def net_methods(net):
+    """Pruning methods applied to a net: every method for the originals, `bottleneck.methods` for the
+    widened variants."""
+    return list(PRUNE["methods"]) if split_net(net)[1] is None else list(BOTTLENECK["methods"])
+
+
 wildcard_constraints:
-    arch=r"[^/]+",
+    net=r"[^/+]+(\+(bottleneck|uniform))?",
     seed=r"\d+",
     method=r"[^/]+",
     target=r"structures|macs|params",
     ratio=r"\d+(\.\d+)?",
 
 
+# rules whose jobs use the tier's device; on a CUDA tier each asks the scheduler for one GPU
+GPU_RULES = ("train", "prune", "finetune", "measure")
+_RES_DEFAULTS = {"threads": 1, "mem_mb": 2000, "runtime": 30}
+
+
 def res(rule_name, key):
-    """A rule's threads/mem_mb/runtime from config `resources` (schema defaults filled in)."""
-    defaults = {"threads": 1, "mem_mb": 2000, "runtime": 30}
-    return config.get("resources", {}).get(rule_name, {}).get(key, defaults[key])
+    """A rule's threads/mem_mb/runtime/gpu from config `resources` (schema defaults filled in); `gpu`
+    defaults to 1 for GPU_RULES when `device` is CUDA, else 0."""
+    given = config.get("resources", {}).get(rule_name, {})
+    if key == "gpu":
+        default = 1 if DEVICE.startswith("cuda") and rule_name in GPU_RULES else 0
+        return given.get("gpu", default)
+    return given.get(key, _RES_DEFAULTS[key])
+
+
+# cores Snakemake was given (an exclusive timing job claims them all, so nothing runs beside it)
+def _cores():
+    try:
+        cores = workflow.cores
+    except WorkflowError:  # modes without --cores (e.g. --report) ask for it on access
+        return 1
+    return cores if isinstance(cores, int) and 0 < cores < 4096 else 1
+
+
+CORES = _cores()
+
+
+def timed_threads(rule_name):
+    """Threads of a timing job: every core with `measure.exclusive`, else its configured threads."""
+    return max(res(rule_name, "threads"), CORES if config["measure"]["exclusive"] else 1)
 
 
 def quoted_json(obj):
@@ -49,29 +114,23 @@ def data_args():
     return " ".join(args)
 
 
-def ratio_label(ratio):
-    return str(float(ratio))
+# one path stem per (net, seed[, method, target, ratio]) and stage, shared by models, draft records,
+# final records, logs and benchmarks; `base` is the unpruned network (stage `widened` in the records
+# of a widened variant)
+BASE = "{net}/s{seed}/base"
+PRUNED = "{net}/s{seed}/{method}/{target}/r{ratio}/pruned"
+FINETUNED = "{net}/s{seed}/{method}/{target}/r{ratio}/finetuned"
 
 
-# one path stem per (arch, seed[, method, target, ratio]) and stage, shared by models, draft records,
-# final records, logs and benchmarks
-BASE = "{arch}/s{seed}/base"
-PRUNED = "{arch}/s{seed}/{method}/{target}/r{ratio}/pruned"
-FINETUNED = "{arch}/s{seed}/{method}/{target}/r{ratio}/finetuned"
-
-
-def run_stems():
-    """Every (stem) of this tier, in config order: base, then pruned and finetuned per method/ratio."""
-    stems = []
-    for arch in config["archs"]:
-        for seed in config["seeds"]:
-            stems.append(BASE.format(arch=arch, seed=seed))
-            for method in config["prune"]["methods"]:
-                for ratio in config["prune"]["ratios"]:
-                    keys = dict(arch=arch, seed=seed, method=method, target=config["prune"]["target"],
-                                ratio=ratio_label(ratio))
-                    stems += [PRUNED.format(**keys), FINETUNED.format(**keys)]
+def run_stems(net, seed):
+    """Every stem of one (net, seed), in config order: base, then pruned and finetuned per method/ratio."""
+    stems = [BASE.format(net=net, seed=seed)]
+    for method in net_methods(net):
+        for ratio in RATIOS:
+            keys = dict(net=net, seed=seed, method=method, target=TARGET, ratio=ratio)
+            stems += [PRUNED.format(**keys), FINETUNED.format(**keys)]
     return stems
 
 
-RECORDS = [f"{R}/records/{stem}.json" for stem in run_stems()]
+RECORDS = [f"{R}/records/{stem}.json" for net in NETS for seed in SEEDS for stem in run_stems(net, seed)]
+BOTTLENECK_ANALYSES = [f"{R}/bottleneck/{arch}.json" for arch in BOTTLENECK_ARCHS]

@@ -1,4 +1,5 @@
-# Fine-tuning of a pruned model.
+# Fine-tuning of one pruned model (one job per net, seed, method and ratio); resumes from its last
+# end-of-epoch checkpoint when rerun after a failure.
 
 
 rule finetune:
@@ -17,6 +18,7 @@ rule finetune:
     resources:
         mem_mb=res("finetune", "mem_mb"),
         runtime=res("finetune", "runtime"),
+        gpu=res("finetune", "gpu"),
     log:
         f"{W}/logs/finetune/{FINETUNED}.log",
     benchmark:

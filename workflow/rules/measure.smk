@@ -1,39 +1,56 @@
-# Params, MACs (two counters) and latency of every model, completing its record in results/<tier>/.
-# Timing jobs take the global resource `timed` (the profile allows 1), so two never overlap; with
+# Params, MACs (two counters) and latency (CPU, and GPU when one is present) of every model of one
+# (net, seed), completing each draft record into results/<tier>/records/. One job per (net, seed) keeps
+# the per-process start-up off the critical path; every model is still timed on its own.
+# Timing jobs take the global resource `timed` (the profiles allow 1), so two never overlap; with
 # measure.exclusive they also claim every core, so no other job runs beside a timing.
 
-_cores = workflow.cores if isinstance(workflow.cores, int) and 0 < workflow.cores < 4096 else 1
+_latency = (
+    "--latency-batches " + " ".join(map(str, config["measure"]["latency_batches"]))
+    + f" --gpu-latency {config['measure']['gpu_latency']}"
+    + f" --warmup {config['measure']['warmup']} --iters {config['measure']['iters']}"
+    if config["measure"]["latency"]
+    else "--no-latency"
+)
 
 
-rule measure:
-    input:
-        model=f"{W}/models/{{stem}}.pt",
-        record=f"{W}/records/{{stem}}.json",
-    output:
-        f"{R}/records/{{stem}}.json",
-    wildcard_constraints:
-        stem=r"[^/]+/s\d+/(base|[^/]+/[^/]+/r[^/]+/(pruned|finetuned))",
-    params:
-        tier=TIER,
-        device=DEVICE,
-        latency=(
-            "--latency-batches " + " ".join(map(str, config["measure"]["latency_batches"]))
-            if config["measure"]["latency"]
-            else "--no-latency"
-        ),
-        torch_threads=config["measure"]["threads"],
-    threads: max(res("measure", "threads"), _cores if config["measure"]["exclusive"] else 1)
-    resources:
-        mem_mb=res("measure", "mem_mb"),
-        runtime=res("measure", "runtime"),
-        timed=1 if config["measure"]["latency"] else 0,
-    log:
-        f"{W}/logs/measure/{{stem}}.log",
-    benchmark:
-        f"{R}/benchmarks/measure/{{stem}}.tsv"
-    shell:
-        "{SOSP} measure --model {input.model} --record {input.record} {params.latency} "
-        "--device {params.device} --threads {params.torch_threads} --tier {params.tier} --out {output} > {log} 2>&1"
+# two rules with the same body: the originals are pruned by every method, the widened variants by
+# `bottleneck.methods`, so their (net, seed) jobs produce different sets of records
+for _name, _nets, _methods in (("measure", r"[^/+]+", PRUNE["methods"]),
+                               ("measure_widened", r"[^/+]+\+(bottleneck|uniform)", BOTTLENECK["methods"])):
+    _stems = [BASE] + [
+        stem.replace("{method}", m).replace("{target}", TARGET).replace("{ratio}", r)
+        for m in _methods for r in RATIOS for stem in (PRUNED, FINETUNED)
+    ]
+
+    rule:
+        name:
+            _name
+        input:
+            models=[f"{W}/models/{stem}.pt" for stem in _stems],
+            records=[f"{W}/records/{stem}.json" for stem in _stems],
+        output:
+            [f"{R}/records/{stem}.json" for stem in _stems],
+        wildcard_constraints:
+            net=_nets,
+        params:
+            tier=TIER,
+            device=DEVICE,
+            latency=_latency,
+            torch_threads=config["measure"]["threads"],
+        threads: timed_threads("measure")
+        resources:
+            mem_mb=res("measure", "mem_mb"),
+            runtime=res("measure", "runtime"),
+            gpu=res("measure", "gpu"),
+            timed=1 if config["measure"]["latency"] else 0,
+        log:
+            f"{W}/logs/measure/{{net}}/s{{seed}}.log",
+        benchmark:
+            f"{R}/benchmarks/measure/{{net}}/s{{seed}}.tsv"
+        shell:
+            "{SOSP} measure --model {input.models} --record {input.records} {params.latency} "
+            "--device {params.device} --threads {params.torch_threads} --tier {params.tier} --out {output} "
+            "> {log} 2>&1"
 
 
 TARGETS += RECORDS

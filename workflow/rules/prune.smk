@@ -1,35 +1,42 @@
-# One-shot pruning of a base model: saliency on calibration data, global selection, surgery.
+# One-shot pruning of a base model by one method at every ratio of the tier: the saliencies are
+# computed once per (net, seed, method) and shared by the ratios (they do not depend on the ratio);
+# selection and surgery run per ratio. Each ratio gets its own model and draft record.
 
 
 rule prune:
     input:
         model=f"{W}/models/{BASE}.pt",
     output:
-        model=f"{W}/models/{PRUNED}.pt",
-        record=f"{W}/records/{PRUNED}.json",
+        models=expand(f"{W}/models/{PRUNED}.pt", ratio=RATIOS, allow_missing=True),
+        records=expand(f"{W}/records/{PRUNED}.json", ratio=RATIOS, allow_missing=True),
     params:
         tier=TIER,
         device=DEVICE,
         data=data_args(),
+        ratios=" ".join(RATIOS),
         options=lambda wc: " ".join(
             f"--option {shlex.quote(f'{k}={json.dumps(v)}')}"
-            for k, v in sorted(config["prune"].get("options", {}).get(wc.method, {}).items())
+            for k, v in sorted(PRUNE.get("options", {}).get(wc.method, {}).items())
         ),
-        min_channels=config["prune"]["min_channels"],
-        normalize=config["prune"]["normalize"],
-        samples=config["prune"]["samples"],
-        score_batch_size=config["prune"]["score_batch_size"],
-    threads: res("prune", "threads")
+        min_channels=PRUNE["min_channels"],
+        normalize=PRUNE["normalize"],
+        samples=PRUNE["samples"],
+        score_batch_size=PRUNE["score_batch_size"],
+        warmup=PRUNE["warmup_batches"],
+    threads: timed_threads("prune") if PRUNE["timed"] else res("prune", "threads")
     resources:
         mem_mb=res("prune", "mem_mb"),
         runtime=res("prune", "runtime"),
+        gpu=res("prune", "gpu"),
+        timed=1 if PRUNE["timed"] else 0,
     log:
-        f"{W}/logs/prune/{PRUNED}.log",
+        f"{W}/logs/prune/{{net}}/s{{seed}}/{{method}}/{{target}}.log",
     benchmark:
-        f"{R}/benchmarks/prune/{PRUNED}.tsv"
+        f"{R}/benchmarks/prune/{{net}}/s{{seed}}/{{method}}/{{target}}.tsv"
     shell:
-        "{SOSP} prune --model {input.model} --method {wildcards.method} --ratio {wildcards.ratio} "
+        "{SOSP} prune --model {input.model} --method {wildcards.method} --ratio {params.ratios} "
         "--target {wildcards.target} --min-channels {params.min_channels} --normalize {params.normalize} "
         "{params.options} --samples {params.samples} --score-batch-size {params.score_batch_size} "
+        "--warmup-batches {params.warmup} "
         "{params.data} --seed {wildcards.seed} --tier {params.tier} --device {params.device} --threads {threads} "
-        "--out {output.model} --record {output.record} > {log} 2>&1"
+        "--out {output.models} --record {output.records} > {log} 2>&1"

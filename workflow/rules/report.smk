@@ -1,41 +1,99 @@
-# Records -> runs.csv, summary tables (Markdown, LaTeX) and figures; needs no checkpoint or GPU.
+# Records -> runs.csv -> tables (Markdown, LaTeX, HTML) and figures (one rule per figure); none of
+# them needs a checkpoint or a GPU. Outputs flagged with report() make `snakemake --report report.html`
+# (captions in workflow/report/). Rule `figures` rebuilds all of them from whatever records are in
+# results/<tier>/ (e.g. a fresh clone, which has no checkpoints), never training anything.
 
-REPORT = {
-    "runs": f"{R}/runs.csv",
-    "markdown": f"{R}/tables/summary.md",
-    "latex": f"{R}/tables/summary.tex",
-}
-FIGURE_FILES = [
-    f"{R}/figures/{name}.{fmt}"
-    for name in config["report"]["figures"]
-    for fmt in config["report"]["formats"]
-]
+REPORT_CFG = config["report"]
+RUNS = f"{R}/runs.csv"
+TABLE_FILES = [f"{R}/tables/{name}.{fmt}" for name in REPORT_CFG["tables"] for fmt in ("md", "tex", "html")]
+FIGURE_FILES = [f"{R}/figures/{name}.{fmt}" for name in REPORT_CFG["figures"] for fmt in REPORT_CFG["formats"]]
 
 
-rule report:
+rule runs:
+    localrule: True
     input:
         RECORDS,
     output:
-        **REPORT,
-        figures=FIGURE_FILES,
+        report(RUNS, caption="../report/runs.rst", category="Data"),
     params:
-        out_dir=lambda wildcards, output: str(Path(output.runs).parent),
-        figures=" ".join(config["report"]["figures"]),
-        formats=" ".join(config["report"]["formats"]),
+        out_dir=R,
     threads: res("report", "threads")
     resources:
         mem_mb=res("report", "mem_mb"),
         runtime=res("report", "runtime"),
     log:
-        f"{W}/logs/report.log",
+        f"{W}/logs/report/runs.log",
     shell:
-        "{SOSP} report {input} --out-dir {params.out_dir} --figures {params.figures} --formats {params.formats} "
-        "> {log} 2>&1"
+        "{SOSP} report {input} --out-dir {params.out_dir} --only runs > {log} 2>&1"
 
 
-rule figures:
+rule tables:
+    localrule: True
     input:
-        FIGURE_FILES,
+        RUNS,
+    output:
+        [
+            report(path, caption=f"../report/table_{Path(path).stem}.rst", category="Tables")
+            if path.endswith(".html")
+            else path
+            for path in TABLE_FILES
+        ],
+    params:
+        out_dir=R,
+        tables=" ".join(REPORT_CFG["tables"]),
+    threads: res("report", "threads")
+    resources:
+        mem_mb=res("report", "mem_mb"),
+        runtime=res("report", "runtime"),
+    log:
+        f"{W}/logs/report/tables.log",
+    shell:
+        "{SOSP} report {input} --out-dir {params.out_dir} --only tables --tables {params.tables} > {log} 2>&1"
 
 
-TARGETS += list(REPORT.values()) + FIGURE_FILES
+for _figure in REPORT_CFG["figures"]:
+    _files = [f"{R}/figures/{_figure}.{fmt}" for fmt in REPORT_CFG["formats"]]
+    _shown = next((f for f in _files if f.endswith((".png", ".svg"))), _files[0])
+
+    rule:
+        name:
+            f"figure_{_figure}"
+        localrule: True
+        input:
+            runs=RUNS,
+            bottleneck=BOTTLENECK_ANALYSES if _figure == "layer_ratios" else [],
+        output:
+            [report(f, caption=f"../report/{_figure}.rst", category="Figures") if f == _shown else f for f in _files],
+        params:
+            out_dir=R,
+            figure=_figure,
+            formats=" ".join(REPORT_CFG["formats"]),
+        threads: res("report", "threads")
+        resources:
+            mem_mb=res("report", "mem_mb"),
+            runtime=res("report", "runtime"),
+        log:
+            f"{W}/logs/report/figure_{_figure}.log",
+        shell:
+            "{SOSP} report {input.runs} --out-dir {params.out_dir} --only figures --figures {params.figure} "
+            "--formats {params.formats} --bottleneck {input.bottleneck} > {log} 2>&1"
+
+
+# `snakemake --cores 1 figures`: rebuild runs.csv, every table and every figure from the records in
+# results/<tier>/ alone. It has no declared input or output, so it always runs and never pulls a
+# training, pruning or measuring job into the plan (its dry run plans this one job).
+rule figures:
+    localrule: True
+    params:
+        records=f"{R}/records",
+        out_dir=R,
+        bottleneck=lambda wc: " ".join(p for p in BOTTLENECK_ANALYSES if Path(p).exists()),
+        tables=" ".join(REPORT_CFG["tables"]),
+        figures=" ".join(REPORT_CFG["figures"]),
+        formats=" ".join(REPORT_CFG["formats"]),
+    shell:
+        "{SOSP} report {params.records} --out-dir {params.out_dir} --tables {params.tables} "
+        "--figures {params.figures} --formats {params.formats} --bottleneck {params.bottleneck}"
+
+
+TARGETS += [RUNS] + TABLE_FILES + FIGURE_FILES
