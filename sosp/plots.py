@@ -310,7 +310,7 @@ def bottleneck_params(df: pd.DataFrame, **_) -> Figure:
         label = method_label(*method) if method else "no pruned networks"
         ax.set_title(f"{dataset} / {arch}, pruned by {label} (tier {tier})", fontsize=10)
         ax.set_xlabel(f"Parameters ({prefix + ' ' if prefix else ''}count)")
-        ax.set_ylabel("Top-1 test accuracy after fine-tuning (%)")
+        ax.set_ylabel("Top-1 test accuracy (%; pruned: after fine-tuning)")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8, loc="lower right")
     fig.text(0.01, 0.005, "stars: unpruned networks; mean ± std over seeds in both directions", fontsize=7,
