@@ -41,6 +41,7 @@ if str(ROOT) not in sys.path:  # `python benchmarks/x.py` from a checkout withou
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from sosp import measure  # noqa: E402
 from sosp.io import write_atomic  # noqa: E402
 
 OUT_DIR = ROOT / "results" / "benchmarks"
@@ -212,14 +213,7 @@ def git_commit() -> str | None:
 
 
 def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return measure._cpu_model() or platform.processor() or platform.machine()
 
 
 def environment(device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> dict:

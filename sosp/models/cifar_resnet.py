@@ -59,6 +59,16 @@ class BasicBlock(nn.Module):
         return F.relu(out + self.shortcut(x))
 
 
+def init_conv_bn(model: nn.Module) -> None:
+    """He initialisation of convolutions (fan-out, as torchvision's ResNets), BN at identity."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
 def _scaled(width: int, multiplier: float) -> int:
     return max(1, math.floor(width * multiplier + 0.5))  # round half up: no banker's surprises
 
@@ -141,12 +151,7 @@ class CifarResNet(WidthMixin, nn.Module):
         self.sosp_unprunable = ("conv1",) + tuple(
             f"layer{s + 1}.{b}.conv2" for s in range(3) for b in range(n)) if shortcut == "A" else ()
 
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_conv_bn(self)
 
     def forward(self, x):
         x = F.relu(self.bn1(self.conv1(x)))
