@@ -89,12 +89,31 @@ def collect(bench_dir: Path, since: float | None = None) -> list[dict]:
                 record = json.loads(record_path.read_text())
             except (OSError, ValueError):
                 record = {}
+        if not record and rule == "prune":
+            record = _multi_ratio_prune(records_dir / stem)
         job["compute"] = _float(record.get(field)) if field else None
         job["record_found"] = bool(record)
         for extra in EXTRA_FIELDS.get(rule, []):
             job[extra] = _float(record.get(extra))
         jobs.append(job)
     return jobs
+
+
+def _multi_ratio_prune(folder: Path) -> dict:
+    """One prune job scores once and writes a record per ratio (``<stem>/r<ratio>/pruned.json``), each
+    ``prune_seconds`` = shared scoring + its own selection and surgery: count the scoring once."""
+    records = []
+    for path in sorted(folder.glob("r*/pruned.json")):
+        try:
+            records.append(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            continue
+    seconds = [(_float(r.get("prune_seconds")), _float(r.get("saliency_seconds"))) for r in records]
+    seconds = [(p, s or 0.0) for p, s in seconds if p is not None]
+    if not seconds:
+        return {}
+    scoring = max(s for _, s in seconds)
+    return {"prune_seconds": scoring + sum(p - s for p, s in seconds), "saliency_seconds": scoring}
 
 
 def summarise(jobs: list[dict], wall: float | None, wall_source: str, env: dict) -> list[dict]:
