@@ -430,7 +430,7 @@ def timing_sections(df: pd.DataFrame):
                     prune_std=("prune", "std"), samples=("samples", "max"), seeds=("seed", "nunique"))
                .reset_index())
         taylor = agg[(agg["method"] == "taylor") & (agg["method_options"] == "{}")]["sal_mean"]
-        ref = float(taylor.iloc[0]) if len(taylor) and taylor.iloc[0] > 0 else float("nan")  # NaN: no ratio
+        ref = float(taylor.iloc[0]) if len(taylor) and taylor.iloc[0] > 0 else float("nan")  # NaN: no Taylor reference
         rows = [{"method": method_label(r.method, r.method_options), "seeds": int(r.seeds),
                  "samples": "–" if pd.isna(r.samples) else f"{int(r.samples)}",
                  "saliency (s)": _pm(r.sal_mean, r.sal_std, 3), "prune (s)": _pm(r.prune_mean, r.prune_std, 3),
