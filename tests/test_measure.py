@@ -11,13 +11,6 @@ LATENCY_KEYS = {"device", "device_name", "torch_version", "dtype", "threads", "b
                 "median_ms", "iqr_ms"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Counts do not depend on threads; with one, the tests stay fast when other jobs share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("shortcut", ["A", "B"])

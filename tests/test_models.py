@@ -12,13 +12,6 @@ from sosp.measure import count_macs, count_params
 CIFAR = torch.zeros(1, 3, 32, 32)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Counts do not depend on threads; with one, the tests stay fast when other jobs share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 # (name, options, params, MACs in millions rounded to 2 decimals) -- method.md section 9
 CIFAR_REFERENCE = [
