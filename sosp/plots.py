@@ -19,6 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
 
 from .io import atomic_path  # noqa: E402
 from .results import ORIGINAL, UNPRUNED, method_label, tidy  # noqa: E402
@@ -356,7 +357,9 @@ def layer_ratios(df: pd.DataFrame, bottleneck: Iterable[dict] | None = None, **_
             what = "layer-wise (width keys)" if level == "layers" else "block-wise"
             ax.set_title(f"{analysis.get('dataset')} / {analysis.get('arch')}: {what}, "
                          f"{analysis.get('method')} (tier {analysis.get('tier')})", fontsize=9)
-            ax.legend(fontsize=7, loc="upper left")
+            handles = [Patch(facecolor=cmap(0.15 + 0.7 * i / max(1, len(ratios) - 1)), label=f"ratio {float(r):g}")
+                       for i, r in enumerate(ratios)]
+            ax.legend(handles=handles, fontsize=7, loc="upper left")
     fig.text(0.01, 0.005, "★ / hatched: bottlenecks (lowest pruning ratios at ratio "
              + ", ".join(f"{a.get('ratio')}" for a in analyses) + "); mean ± std over seeds",
              fontsize=7, alpha=0.7)
