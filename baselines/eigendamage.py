@@ -24,8 +24,9 @@ EigenDamage: ``A = Q_A diag(lambda_A) Q_A^T``, ``S = Q_S diag(lambda_S) Q_S^T``;
 quadratic form of deleting that weight in the eigenbasis); row sums score the output
 eigen-directions, column sums the input ones. All directions of all layers (every Conv2d/Linear
 except the classifier, as their code) form one global pool; the fraction ``ratio`` of them with the
-lowest importance is removed, keeping at least one direction per side per layer (their code keeps 5%
-per side, ``prune_ratio_limit=0.95``: deviation). Each layer becomes :class:`EigenBasisLayer`:
+lowest importance is removed, keeping at least ``max(min_channels, ceil(min_fraction * n))`` of the ``n``
+directions per side per layer; ``min_fraction`` is at least 5 % (:data:`AUTHORS_MIN_FRACTION`), as
+their code's ``prune_ratio_limit=0.95``. Each layer becomes :class:`EigenBasisLayer`:
 ``1x1 conv (Q_A^T, kept columns) -> core conv (W*, kept out x kept in, same kernel/stride/padding/
 dilation) -> 1x1 conv (Q_S, kept columns)`` (Linear layers: three Linear layers), kept only if it has no
 more parameters than the layer it replaces. All three are ordinary trainable modules (their
@@ -66,6 +67,10 @@ from sosp import measure
 from sosp import prune as sosp_prune
 from sosp.curvature import scoring_mode
 from sosp.errors import ConfigError, SospError, UnsupportedModelError
+
+#: per-layer floor of EigenDamage's and C-OBD's authors (their ``prune_ratio_limit=0.95``): every layer
+#: keeps at least 5 % of its channels / eigen-directions per side
+AUTHORS_MIN_FRACTION = 0.05
 from sosp.saliency import limit_samples, register
 from sosp.structures import ChannelGroup, classifier_name
 
@@ -175,7 +180,7 @@ def fisher_diagonal(model: nn.Module, batches: Iterable, layers: dict[str, nn.Mo
     return {name: s / n for name, s in sums.items()}
 
 
-@register("cobd")
+@register("cobd", min_fraction=AUTHORS_MIN_FRACTION)
 def cobd(model: nn.Module, groups: Sequence[ChannelGroup], batches, *, seed: int = 0):
     """Channel OBD: ``sum_j W_ij^2 F_ij`` over each producer's filter and bias, summed per group."""
     modules = dict(model.named_modules())
@@ -419,18 +424,20 @@ def score_layers(model: nn.Module, batches: Iterable, layers: dict[str, nn.Modul
     return scores
 
 
-def direction_order(scores: dict[str, LayerScores]) -> list[tuple[str, str, int]]:
+def direction_order(scores: dict[str, LayerScores], min_channels: int = 1,
+                    min_fraction: float = AUTHORS_MIN_FRACTION) -> list[tuple[str, str, int]]:
     """Every removable ``(layer, side, direction)``, lowest importance first (ties by position),
-    never removing the last direction of a side."""
+    never taking a side of a layer below its floor (:func:`sosp.prune.group_floor`)."""
     entries = [(name, side, i, float(v)) for name, s in scores.items()
                for side, imp in (("in", s.imp_in), ("out", s.imp_out)) for i, v in enumerate(imp)]
     order = sorted(range(len(entries)), key=lambda j: (entries[j][3], j))
     left = {(name, side): len(imp) for name, s in scores.items()
             for side, imp in (("in", s.imp_in), ("out", s.imp_out))}
+    floor = {key: sosp_prune.group_floor(n, min_channels, min_fraction) for key, n in left.items()}
     chosen = []
     for j in order:
         name, side, i, _ = entries[j]
-        if left[name, side] > 1:
+        if left[name, side] > floor[name, side]:
             left[name, side] -= 1
             chosen.append((name, side, i))
     return chosen
@@ -466,13 +473,13 @@ def reparameterise(model: nn.Module, scores: dict[str, LayerScores], removal: Se
 # The pruner
 
 
-def _one_round(model, data, ratio_goal, total, example_input, seed, target):
+def _one_round(model, data, ratio_goal, total, example_input, seed, target, floor):
     """Score ``model`` and remove directions until ``ratio_goal`` of the ``total`` original ones are gone."""
     layers, skipped = candidate_layers(model, example_input)
     start = time.perf_counter()
     scores = score_layers(model, data, layers, seed)
     seconds = time.perf_counter() - start
-    order = direction_order(scores)
+    order = direction_order(scores, *floor)
     if target != "structures":
         pruned, done = _search_cost_target(model, scores, order, ratio_goal, target, example_input)
         return pruned, done, seconds, skipped
@@ -480,7 +487,8 @@ def _one_round(model, data, ratio_goal, total, example_input, seed, target):
     k = round(ratio_goal * total) - already
     if k > len(order):
         raise ConfigError(f"ratio {ratio_goal} asks to remove {round(ratio_goal * total)} of {total} eigen-directions, "
-                          f"but keeping one per side of every layer allows at most {already + len(order)}")
+                          f"but the per-layer floor (min_channels={floor[0]}, min_fraction={floor[1]}) "
+                          f"allows at most {already + len(order)}")
     pruned, done = reparameterise(model, scores, order[:max(k, 0)])
     return pruned, done, seconds, skipped
 
@@ -510,11 +518,11 @@ def _search_cost_target(model, scores, order, ratio, target, example_input):
     return evaluate(lo)[:2]
 
 
-def _one_pass(model, data, ratio, total, example_input, seed, target, steps, finetune_fn):
-    return _one_round(model, data, ratio, total, example_input, seed, target)
+def _one_pass(model, data, ratio, total, example_input, seed, target, steps, finetune_fn, floor):
+    return _one_round(model, data, ratio, total, example_input, seed, target, floor)
 
 
-def _iterative(model, data, ratio, total, example_input, seed, target, steps, finetune_fn):
+def _iterative(model, data, ratio, total, example_input, seed, target, steps, finetune_fn, floor):
     if target != "structures":
         raise ConfigError(f"eigendamage mode 'iterative' removes a fraction of eigen-directions; "
                           f"target {target!r} needs mode 'one_pass'")
@@ -523,7 +531,7 @@ def _iterative(model, data, ratio, total, example_input, seed, target, steps, fi
     current, seconds, done = model, 0.0, {}
     for step in range(1, steps + 1):
         current, done, round_seconds, skipped = _one_round(current, data, ratio * step / steps, total,
-                                                           example_input, seed, target)
+                                                           example_input, seed, target, floor)
         seconds += round_seconds
         if finetune_fn is not None and step < steps:
             finetune_fn(current, data)
@@ -547,7 +555,10 @@ def _report(model, pruned, example_input, layers) -> dict:
     kept = sum(r["kept_in"] + r["kept_out"] for r in per_layer)
     params_before, params_after = measure.count_params(model), measure.count_params(pruned)
     macs_before, macs_after = measure.count_macs(model, example_input), measure.count_macs(pruned, example_input)
+    kept_fractions = [r[f"kept_{side}"] / r[f"directions_{side}"] for r in per_layer for side in ("in", "out")
+                      if r[f"directions_{side}"]]
     return {"num_structures": total, "num_removed": total - kept, "achieved_fraction": (total - kept) / max(total, 1),
+            "min_kept_fraction": min(kept_fractions, default=1.0),
             "params_before": params_before, "params_after": params_after,
             "macs_before": macs_before, "macs_after": macs_after,
             "params_fraction_removed": 1 - params_after / params_before,
@@ -555,9 +566,10 @@ def _report(model, pruned, example_input, layers) -> dict:
             "per_layer": per_layer}
 
 
-@sosp_prune.register_pruner("eigendamage")
+@sosp_prune.register_pruner("eigendamage", cost_normalizable=False, min_fraction=AUTHORS_MIN_FRACTION)
 def eigendamage(model: nn.Module, batches: Iterable, ratio: float, *, example_input: torch.Tensor,
                 target: str = "structures", num_samples: int | None = None, seed: int = 0,
+                min_channels: int = 1, min_fraction: float = AUTHORS_MIN_FRACTION,
                 mode: str = "one_pass", steps: int = 3, finetune_fn: Callable | None = None, **unknown):
     """EigenDamage: remove the fraction ``ratio`` of all eigen-directions (or of the base model's
     params/MACs with ``target``, one-pass only) and reparameterise every layer that gets smaller.
@@ -567,22 +579,24 @@ def eigendamage(model: nn.Module, batches: Iterable, ratio: float, *, example_in
     """
     if unknown:
         raise ConfigError(f"method 'eigendamage' has no option(s) {', '.join(sorted(unknown))}; "
-                          "options: mode, steps, finetune_fn")
+                          "options: mode, steps, finetune_fn (and the selection's min_channels, min_fraction)")
     if mode not in MODES:
         raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     if target not in sosp_prune.TARGETS:
         raise ConfigError(f"target must be one of {', '.join(sosp_prune.TARGETS)}, got {target!r}")
     ratio = sosp_prune.check_ratio(ratio)
+    floor = sosp_prune.check_floor(min_channels, min_fraction)
     example_input = example_input[:1]
     data = list(limit_samples(batches, num_samples))
     layers, _ = candidate_layers(model, example_input)
     total = sum(sum(direction_counts(layer)) for layer in layers.values())
     start = time.perf_counter()
     pruned, done, seconds, skipped = MODES[mode](model, data, ratio, total, example_input, seed, target,
-                                                 steps, finetune_fn)
+                                                 steps, finetune_fn, floor)
     surgery_seconds = time.perf_counter() - start - seconds
     removed = {f"{name}:{side}": idx for name, sides in done.items() for side, idx in sides.items()}
     report = _report(model, pruned, example_input, layers)
-    report.update(ratio=ratio, target=target, mode=mode, steps=steps if mode == "iterative" else 1,
+    report.update(ratio=ratio, target=target, min_channels=floor[0], min_fraction=floor[1], normalize="none",
+                  mode=mode, steps=steps if mode == "iterative" else 1,
                   saliency_seconds=seconds, surgery_seconds=surgery_seconds, skipped_layers=skipped)
     return sosp_prune.PruneResult(model=pruned.eval(), removed=removed, report=report)

@@ -57,7 +57,7 @@ SCOPES = {
 }
 
 
-@register("magnitude")
+@register("magnitude", cost_normalizable=lambda options: options.get("scope", "layerwise") == "global")
 def magnitude(model: nn.Module, groups: Sequence[ChannelGroup], batches, *, scope: str = "layerwise"):
     """Filter L1 norms (``global``) or their within-group ranks (``layerwise``); data is not read."""
     if scope not in SCOPES:

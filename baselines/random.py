@@ -7,7 +7,7 @@ from sosp.errors import ConfigError
 from sosp.saliency import register
 
 
-@register("random")
+@register("random", cost_normalizable=False)
 def random_saliency(model, groups, batches, *, seed: int = 0):
     """Uniform in [0, 1) per structure, from a generator seeded with the run's ``seed``.
 

@@ -101,10 +101,11 @@ def sgd_finetune(lr: float = 1e-3, momentum: float = 0.9, weight_decay: float = 
     return finetune
 
 
-def _check_iterative(ratio, prune_every, per_step, min_channels, target):
+def _check_iterative(ratio, prune_every, per_step, min_channels, min_fraction, target):
     if target != "structures":
         raise ConfigError(f"taylor_iterative removes a fraction of structures; target {target!r} is not supported")
-    for name, value in (("prune_every", prune_every), ("min_channels", min_channels)):
+    sosp_prune.check_floor(min_channels, min_fraction)
+    for name, value in (("prune_every", prune_every),):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(f"{name} must be a positive integer, got {value!r}")
     if per_step is not None and (isinstance(per_step, bool) or not isinstance(per_step, int) or per_step < 1):
@@ -114,10 +115,12 @@ def _check_iterative(ratio, prune_every, per_step, min_channels, target):
 
 def iterative_prune(model: nn.Module, batches: Iterable, ratio: float, *, example_input: torch.Tensor,
                     prune_every: int = 10, per_step: int | None = None, min_channels: int = 1,
-                    finetune_fn: Callable | None = None, lr: float = 1e-3, momentum: float = 0.9,
-                    weight_decay: float = 0.0, target: str = "structures") -> sosp_prune.PruneResult:
-    """Molchanov et al.'s protocol (see the module docstring); ``model`` itself is left untouched."""
-    ratio = _check_iterative(ratio, prune_every, per_step, min_channels, target)
+                    min_fraction: float = 0.0, finetune_fn: Callable | None = None, lr: float = 1e-3,
+                    momentum: float = 0.9, weight_decay: float = 0.0,
+                    target: str = "structures") -> sosp_prune.PruneResult:
+    """Molchanov et al.'s protocol (see the module docstring); ``model`` itself is left untouched.
+    The per-group floor is taken of the original group sizes."""
+    ratio = _check_iterative(ratio, prune_every, per_step, min_channels, min_fraction, target)
     data = list(batches)
     if not data:
         raise SospError("no calibration samples: the batches were empty")
@@ -128,6 +131,7 @@ def iterative_prune(model: nn.Module, batches: Iterable, ratio: float, *, exampl
     goal = round(ratio * total)
     per_step = per_step or max(1, math.ceil(0.02 * total))
     alive = {g.name: list(range(g.size)) for g in base_groups}  # surviving original channel indices
+    floor_of = {g.name: sosp_prune.group_floor(g.size, min_channels, min_fraction) for g in base_groups}
     current, stream = copy.deepcopy(model), itertools.cycle(data)
     removed_count, steps, score_seconds = 0, 0, 0.0
     while removed_count < goal:
@@ -136,7 +140,8 @@ def iterative_prune(model: nn.Module, batches: Iterable, ratio: float, *, exampl
         start = time.perf_counter()
         scores = split_flat(taylor_importance(current, groups, chunk), groups)
         score_seconds += time.perf_counter() - start
-        order = sosp_prune.removal_order(groups, scores, min_channels)[:min(per_step, goal - removed_count)]
+        floors = [floor_of.get(g.name, min_channels) for g in groups]
+        order = sosp_prune.removal_order(groups, scores, floors=floors)[:min(per_step, goal - removed_count)]
         if not order:
             break  # every group is down to min_channels
         removed_now = sosp_prune.as_removed(groups, order)
@@ -150,7 +155,7 @@ def iterative_prune(model: nn.Module, batches: Iterable, ratio: float, *, exampl
     removed = {g.name: sorted(set(range(g.size)) - set(alive[g.name])) for g in base_groups}
     removed = {name: idx for name, idx in removed.items() if idx}
     report = sosp_prune.describe(model, current, base_groups, removed, example_input)
-    report.update(ratio=ratio, target=target, min_channels=min_channels, steps=steps, per_step=per_step,
+    report.update(ratio=ratio, target=target, min_channels=min_channels, min_fraction=min_fraction, steps=steps, per_step=per_step,
                   prune_every=prune_every, saliency_seconds=score_seconds)
     return sosp_prune.PruneResult(model=current.eval(), removed=removed, report=report)
 
@@ -158,16 +163,16 @@ def iterative_prune(model: nn.Module, batches: Iterable, ratio: float, *, exampl
 @sosp_prune.register_pruner("taylor_iterative")
 def taylor_iterative(model, batches, ratio, *, example_input, target="structures", num_samples=None, seed=0,
                      prune_every: int = 10, per_step: int | None = None, min_channels: int = 1,
-                     lr: float = 1e-3, momentum: float = 0.9, weight_decay: float = 0.0,
+                     min_fraction: float = 0.0, lr: float = 1e-3, momentum: float = 0.9, weight_decay: float = 0.0,
                      finetune_fn: Callable | None = None, **unknown):
     """Whole-method entry for :func:`sosp.prune.run`; ``seed`` seeds the global RNG (dropout) while
     fine-tuning, in a forked RNG state so the caller's stream is untouched."""
     if unknown:
         raise ConfigError(f"method 'taylor_iterative' has no option(s) {', '.join(sorted(unknown))}; options: "
-                          "prune_every, per_step, min_channels, lr, momentum, weight_decay, finetune_fn")
+                          "prune_every, per_step, min_channels, min_fraction, lr, momentum, weight_decay, finetune_fn")
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         return iterative_prune(model, limit_samples(batches, num_samples), ratio,
                                example_input=example_input, prune_every=prune_every, per_step=per_step,
-                               min_channels=min_channels, finetune_fn=finetune_fn, lr=lr, momentum=momentum,
+                               min_channels=min_channels, min_fraction=min_fraction, finetune_fn=finetune_fn, lr=lr, momentum=momentum,
                                weight_decay=weight_decay, target=target)

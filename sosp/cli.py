@@ -50,6 +50,16 @@ def _ratio(text: str) -> float:
     return value
 
 
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {text!r}") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {text}")
+    return value
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -193,8 +203,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", default="structures", choices=("structures", "macs", "params"),
                    help="what the ratio counts (default structures)")
     p.add_argument("--min-channels", type=_positive_int, default=1, help="channels kept per group (default 1)")
+    p.add_argument("--min-fraction", type=_fraction, default=0.0,
+                   help="fraction of each group's channels kept at least (default 0; EigenDamage and C-OBD "
+                        "keep at least 0.05, their authors' floor)")
     p.add_argument("--normalize", default="none", choices=("none", "cost"),
-                   help="divide saliencies by the MACs they free (default none)")
+                   help="divide saliencies by the MACs they free (default none; applied only to methods "
+                        "whose scores are on a global scale: not random, layer-wise magnitude or EigenDamage)")
     p.add_argument("--option", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
                    help="method option (repeatable), e.g. combine=joint")
     p.add_argument("--samples", type=_positive_int, default=1024,
@@ -541,56 +555,6 @@ def cmd_train(args) -> None:
     _drop_checkpoint(checkpoints, args.keep_checkpoint)
 
 
-def _prune_at_ratios(args, model, make_batches, example, options: dict, seed: int) -> list:
-    """``PruneResult`` per ratio of ``args.ratio``.
-
-    Channel-saliency methods: ``--warmup-batches`` untimed scoring passes first (one-off costs such as
-    lazy imports and first-call compilation must not count against a method), then the saliencies are
-    computed once (they do not depend on the ratio) and selection and surgery run per ratio, exactly as
-    ``sosp.prune.run`` does; ``prune_seconds`` of a ratio is the shared scoring time plus its own
-    selection and surgery. Methods with their own surgery (``sosp.prune.PRUNERS``, e.g. EigenDamage)
-    run ``sosp.prune.run`` once per ratio.
-    """
-    import inspect
-    import itertools
-
-    from . import prune, saliency
-    from .structures import channel_groups
-
-    common = dict(target=args.target, min_channels=args.min_channels, normalize=args.normalize)
-    if args.method in prune.PRUNERS:
-        return [prune.run(args.method, model, make_batches(), ratio, example_input=example,
-                          num_samples=args.samples, seed=seed, **common, **options) for ratio in args.ratio]
-    options = dict(options)
-    if "seed" in inspect.signature(saliency.method(args.method)).parameters and "seed" not in options:
-        options["seed"] = seed
-    t_groups = time.perf_counter()
-    groups = channel_groups(model, example)
-    grouping = time.perf_counter() - t_groups
-    if args.warmup_batches:
-        warm = list(itertools.islice(make_batches(), args.warmup_batches))
-        t0 = time.perf_counter()
-        saliency.score(args.method, model, groups, warm, num_samples=sum(len(y) for _, y in warm), **options)
-        _log(f"warm-up scoring on {len(warm)} batch(es) ({time.perf_counter() - t0:.2f} s, not counted)")
-    start = time.perf_counter()
-    timings: dict = {}
-    scores = saliency.score(args.method, model, groups, make_batches(), num_samples=args.samples,
-                            timings=timings, **options)
-    scoring = grouping + time.perf_counter() - start
-    _log(f"scored {sum(g.size for g in groups)} structures in {len(groups)} groups ({scoring:.2f} s)")
-    out = []
-    for ratio in args.ratio:
-        t0 = time.perf_counter()
-        result = prune.prune(model, groups, scores, ratio=ratio, example_input=example, **common)
-        result.report.update(timings)
-        result.report["scores"] = {g.name: s.tolist() for g, s in zip(groups, scores)}
-        result.report.update(method=args.method, options=dict(options), seed=seed,
-                             prune_seconds=scoring + time.perf_counter() - t0, warmup_batches=args.warmup_batches,
-                             shared_scoring=len(args.ratio) > 1)
-        out.append(result)
-    return out
-
-
 def cmd_prune(args) -> None:
     import torch
 
@@ -620,9 +584,11 @@ def cmd_prune(args) -> None:
 
     _log(f"pruning with {args.method} to ratio(s) {', '.join(map(str, args.ratio))} of {args.target} "
          f"({args.samples} calibration samples, options {options or 'default'})")
-    for ratio, result, out, record_path in zip(args.ratio, _prune_at_ratios(args, model, calibration, example,
-                                                                            options, seed),
-                                               args.out, args.record):
+    runs = prune.run_ratios(args.method, model, calibration, args.ratio, example_input=example, target=args.target,
+                            min_channels=args.min_channels, min_fraction=args.min_fraction,
+                            normalize=args.normalize, num_samples=args.samples, seed=seed,
+                            warmup_batches=args.warmup_batches, log=_log, **options)
+    for ratio, result, out, record_path in zip(args.ratio, runs, args.out, args.record):
         pruned = result.model
         report = result.report
         _log(f"ratio {ratio}: removed {100 * report['achieved_fraction']:.1f}% of structures: params "
@@ -634,8 +600,7 @@ def cmd_prune(args) -> None:
             "pruned", **{k: base.get(k) for k in ("tier", "dataset", "arch", "variant")}, seed=seed,
             method=args.method, ratio=ratio, target=args.target, method_options=options,
             samples=min(args.samples, len(bundle.train)), train_epochs=base.get("train_epochs"), finetune_epochs=0,
-            **results.prune_fields(report), **fields,
-            details={"prune_report": details, "min_channels": args.min_channels, "normalize": args.normalize})
+            **results.prune_fields(report), **fields, details={"prune_report": details})
         new_meta = {**meta, "record": {k: v for k, v in record.items() if k != "details"}, "data": data_opts,
                     "removed": result.removed, "scores": report.get("scores")}
         _save(out, pruned, new_meta, record, record_path)
@@ -643,7 +608,7 @@ def cmd_prune(args) -> None:
 
 #: fields of the pruned record that the fine-tuned record keeps (the cost of getting there)
 _CARRIED = ("achieved_fraction", "samples", "saliency_seconds", "selection_seconds", "prune_seconds",
-            "train_epochs")
+            "train_epochs", "min_channels", "min_fraction", "normalize", "min_kept_fraction", "removed_per_layer")
 
 
 def cmd_finetune(args) -> None:

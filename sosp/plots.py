@@ -8,6 +8,7 @@ quantity and unit.
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Callable, Iterable
@@ -88,7 +89,8 @@ def _colors(names: Iterable[str]) -> dict:
 def tradeoff(df: pd.DataFrame, x: str = "macs", stages: Iterable[str] = ("finetuned", "pruned"), **_) -> Figure:
     """Top-1 test accuracy (%) against cost ``x`` (``macs``, ``flops`` or ``params``), one line per
     pruning method and stage, one panel per (data set, architecture); points are means over seeds with
-    standard-deviation error bars in both directions; the unpruned base model is a black star."""
+    standard-deviation error bars in both directions (one point per target and ratio, so the methods
+    are compared at equal cost, whatever the ratio counted); the unpruned base model is a black star."""
     if x not in _X_AXES:
         raise ValueError(f"x must be one of {', '.join(_X_AXES)}, not {x!r}")
     df = _original(df)
@@ -112,7 +114,9 @@ def tradeoff(df: pd.DataFrame, x: str = "macs", stages: Iterable[str] = ("finetu
                 rows = runs[runs["stage"] == stage]
                 if not len(rows):
                     continue
-                agg = (rows.groupby("ratio")
+                # every (target, ratio) is one point: runs at equal structure ratio and at equal MACs
+                # lie on the same accuracy-against-cost curve, which is itself an equal-cost comparison
+                agg = (rows.groupby(["target", "ratio"])
                        .agg(x=(x, "mean"), x_std=(x, "std"), y=("top1", "mean"), y_std=("top1", "std"),
                             n=("seed", "nunique"))
                        .sort_values("x"))
@@ -138,7 +142,8 @@ def tradeoff(df: pd.DataFrame, x: str = "macs", stages: Iterable[str] = ("finetu
     _legend(fig, list(axes.flat)[:len(panels)], "lower right")
     for ax in list(axes.flat)[len(panels):]:
         ax.set_axis_off()
-    fig.text(0.01, 0.005, "mean ± std over seeds; error bars in both directions", fontsize=7, alpha=0.7)
+    fig.text(0.01, 0.005, "compared at equal cost (x axis); one point per target and ratio; mean ± std over seeds; "
+             "error bars in both directions", fontsize=7, alpha=0.7)
     fig.tight_layout(rect=(0, 0.02, 1, 1))
     return fig
 
@@ -158,11 +163,14 @@ def oneshot_ratio(df: pd.DataFrame, **_) -> Figure:
     df = _original(df)
     if not len(df) or not (df["stage"] == "pruned").any():
         return _empty("no one-shot (pruned) records")
-    panels = list(df.groupby(["tier", "dataset", "arch"], sort=True))
+    pruned = df[df["stage"] == "pruned"]
+    panels = [(key + (target,), pd.concat([part[part["stage"] == "base"], part[part["target"] == target]]))
+              for key, part in df.groupby(["tier", "dataset", "arch"], sort=True)
+              for target in sorted(pruned.loc[(pruned["tier"] == key[0]) & (pruned["dataset"] == key[1])
+                                              & (pruned["arch"] == key[2]), "target"].unique())]
     fig, axes = _grid(len(panels))
-    colors = _colors(df.loc[df["stage"] == "pruned"].apply(lambda r: method_label(r.method, r.method_options),
-                                                            axis=1))
-    for ax, ((tier, dataset, arch), part) in zip(axes, panels):
+    colors = _colors(pruned.apply(lambda r: method_label(r.method, r.method_options), axis=1))
+    for ax, ((tier, dataset, arch, target), part) in zip(axes, panels):
         for (method, options), runs in part[part["stage"] == "pruned"].groupby(["method", "method_options"]):
             label = method_label(method, options)
             agg = runs.groupby("ratio")["top1"].agg(["mean", "std"]).sort_index()
@@ -171,8 +179,8 @@ def oneshot_ratio(df: pd.DataFrame, **_) -> Figure:
         base = part[part["stage"] == "base"]["top1"].astype(float)
         if len(base):
             ax.axhline(100 * base.mean(), color="black", linestyle=":", linewidth=1, label="base (unpruned)")
-        ax.set_title(f"{dataset} / {arch} (tier {tier})", fontsize=10)
-        ax.set_xlabel("Pruning ratio (fraction of the target removed)")
+        ax.set_title(f"{dataset} / {arch} (tier {tier}), equal {target}", fontsize=10)
+        ax.set_xlabel(f"Pruning ratio (fraction of the {target} removed)")
         ax.set_ylabel("One-shot top-1 test accuracy (%)")
         ax.set_ylim(0, 100)
         ax.grid(True, alpha=0.3)
@@ -367,6 +375,41 @@ def layer_ratios(df: pd.DataFrame, bottleneck: Iterable[dict] | None = None, **_
     return fig
 
 
+def method_layer_ratios(df: pd.DataFrame, **_) -> Figure:
+    """Fraction of each group's channels removed (record column ``removed_per_layer``), one bar per
+    method, mean over seeds, one panel per (data set, architecture, target, ratio) of the one-shot
+    pruned originals: how every method spreads a global budget over the layers, and where it collapses
+    a layer (a bar near 100 %)."""
+    df = _original(df)
+    df = df[(df["stage"] == "pruned") & df["removed_per_layer"].notna()] if "removed_per_layer" in df else df[:0]
+    if not len(df):
+        return _empty("no records with removed_per_layer")
+    panels = list(df.groupby(["tier", "dataset", "arch", "target", "ratio"], sort=True))
+    fig, axes = plt.subplots(len(panels), 1, figsize=(13, 3.6 * len(panels)), squeeze=False)
+    labels = df.apply(lambda r: method_label(r.method, r.method_options), axis=1)
+    colors = _colors(labels)
+    for ax, ((tier, dataset, arch, target, ratio), part) in zip(axes[:, 0], panels):
+        per_method = {}
+        for (method, options), runs in part.groupby(["method", "method_options"], sort=True):
+            frames = pd.DataFrame([json.loads(v) for v in runs["removed_per_layer"]])
+            per_method[method_label(method, options)] = frames.mean()
+        layers = list(dict.fromkeys(k for series in per_method.values() for k in series.index))
+        width = 0.8 / max(1, len(per_method))
+        for i, (label, series) in enumerate(per_method.items()):
+            xs = np.arange(len(layers)) + (i - (len(per_method) - 1) / 2) * width
+            ax.bar(xs, [100 * series.get(k, np.nan) for k in layers], width, color=colors[label], label=label)
+        ax.set_xticks(range(len(layers)), layers, rotation=60, ha="right", fontsize=6)
+        ax.set_ylabel("Channels removed (%)")
+        ax.set_ylim(0, 100)
+        ax.grid(True, axis="y", alpha=0.3)
+        ax.set_title(f"{dataset} / {arch} (tier {tier}): ratio {ratio:g} of {target}", fontsize=9)
+        ax.legend(fontsize=7, loc="upper left", ncol=min(4, len(per_method)))
+    fig.text(0.01, 0.005, "one-shot pruned models, mean over seeds; groups are named after their first producer "
+             "(EigenDamage: each layer's output eigen-directions)", fontsize=7, alpha=0.7)
+    fig.tight_layout(rect=(0, 0.02, 1, 1))
+    return fig
+
+
 #: figure name (file stem) -> function of the records DataFrame (and ``bottleneck`` analyses)
 FIGURES: dict[str, Callable[..., Figure]] = {
     "tradeoff_macs": tradeoff_macs,
@@ -375,6 +418,7 @@ FIGURES: dict[str, Callable[..., Figure]] = {
     "latency_macs": latency_macs,
     "scoring_time": scoring_time,
     "layer_ratios": layer_ratios,
+    "method_layer_ratios": method_layer_ratios,
     "bottleneck_params": bottleneck_params,
 }
 FORMATS = ("png", "pdf")

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import copy
 import inspect
+import itertools
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
@@ -17,7 +19,7 @@ import torch
 import torch.nn as nn
 
 from . import measure, saliency
-from .errors import ConfigError, UnknownNameError
+from .errors import ConfigError, UnknownNameError, UnsupportedModelError
 from .structures import ChannelGroup, channel_groups, dependency_graph
 
 TARGETS = ("structures", "macs", "params")
@@ -37,14 +39,32 @@ def check_ratio(ratio: float) -> float:
     return float(ratio)
 
 
+def check_floor(min_channels: int = 1, min_fraction: float = 0.0) -> tuple[int, float]:
+    """``(min_channels, min_fraction)`` validated: an integer >= 1 and a fraction in [0, 1)."""
+    if isinstance(min_channels, bool) or not isinstance(min_channels, int) or min_channels < 1:
+        raise ConfigError(f"min_channels must be an integer >= 1, got {min_channels!r}")
+    if isinstance(min_fraction, bool) or not isinstance(min_fraction, (int, float)) or not 0.0 <= min_fraction < 1.0:
+        raise ConfigError(f"min_fraction must be a fraction in [0, 1), got {min_fraction!r}")
+    return min_channels, float(min_fraction)
+
+
+def group_floor(size: int, min_channels: int = 1, min_fraction: float = 0.0) -> int:
+    """Channels a group of ``size`` keeps at least: ``max(min_channels, ceil(min_fraction * size))``,
+    capped at ``size`` (a group smaller than its floor is not pruned)."""
+    return min(size, max(min_channels, math.ceil(min_fraction * size - 1e-9)))
+
+
 def removal_order(groups: Sequence[ChannelGroup], scores: Sequence[torch.Tensor],
-                  min_channels: int = 1) -> list[tuple[int, int]]:
+                  min_channels: int = 1, min_fraction: float = 0.0,
+                  floors: Sequence[int] | None = None) -> list[tuple[int, int]]:
     """Every removable ``(group index, channel)`` in the order they are removed (lowest saliency first).
 
-    Ties are broken by position (group order, then channel), so the order is deterministic.
+    No group goes below its floor (:func:`group_floor`, or ``floors`` given per group). Ties are
+    broken by position (group order, then channel), so the order is deterministic.
     """
-    if min_channels < 1:
-        raise ConfigError(f"min_channels must be at least 1, got {min_channels}")
+    min_channels, min_fraction = check_floor(min_channels, min_fraction)
+    if floors is None:
+        floors = [group_floor(g.size, min_channels, min_fraction) for g in groups]
     flat = torch.cat([s.detach().double().cpu().flatten() for s in scores])
     owner = [(gi, c) for gi, g in enumerate(groups) for c in range(g.size)]
     order = sorted(range(len(owner)), key=lambda i: (flat[i].item(), i))
@@ -52,7 +72,7 @@ def removal_order(groups: Sequence[ChannelGroup], scores: Sequence[torch.Tensor]
     chosen = []
     for i in order:
         gi, c = owner[i]
-        if left[gi] > min_channels:
+        if left[gi] > floors[gi]:
             left[gi] -= 1
             chosen.append((gi, c))
     return chosen
@@ -95,11 +115,16 @@ def cost_per_structure(model: nn.Module, groups: Sequence[ChannelGroup],
     costs = []
     for g in groups:
         total = 0.0
-        for name in g.producers:
-            total += per_module.get(name, 0) / _channels(modules[name], out=True)
-        for name in g.consumers:
-            total += per_module.get(name, 0) / _channels(modules[name], out=False)
-        costs.append(torch.full((g.size,), max(total, 1e-12), dtype=torch.float64))
+        for name, out in [(n, True) for n in g.producers] + [(n, False) for n in g.consumers]:
+            if name not in per_module:
+                raise UnsupportedModelError(
+                    f"normalize='cost': layer {name!r} of group {g.name!r} has no MAC count (it did not run "
+                    "in the forward pass, or the counter does not know its operation), so its structures "
+                    "have no cost to divide by")
+            total += per_module[name] / _channels(modules[name], out=out)
+        if total <= 0:
+            raise UnsupportedModelError(f"normalize='cost': removing a channel of group {g.name!r} frees no MACs")
+        costs.append(torch.full((g.size,), total, dtype=torch.float64))
     return costs
 
 
@@ -133,9 +158,12 @@ def _count(model: nn.Module, example_input: torch.Tensor, target: str) -> int:
 
 def prune(model: nn.Module, groups: Sequence[ChannelGroup], scores: Sequence[torch.Tensor],
           ratio: float = 0.5, target: str = "structures", min_channels: int = 1,
-          normalize: str = "none", example_input: torch.Tensor | None = None) -> PruneResult:
-    """Remove the lowest-saliency structures globally until ``ratio`` of the ``target`` is gone."""
+          normalize: str = "none", example_input: torch.Tensor | None = None,
+          min_fraction: float = 0.0) -> PruneResult:
+    """Remove the lowest-saliency structures globally until ``ratio`` of the ``target`` is gone, keeping
+    at least :func:`group_floor` channels in every group."""
     ratio = check_ratio(ratio)
+    min_channels, min_fraction = check_floor(min_channels, min_fraction)
     if target not in TARGETS:
         raise ConfigError(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
     if normalize not in NORMALIZE:
@@ -149,21 +177,22 @@ def prune(model: nn.Module, groups: Sequence[ChannelGroup], scores: Sequence[tor
     if normalize == "cost":
         costs = cost_per_structure(model, groups, example_input)
         scores = [s.double().cpu() / c for s, c in zip(scores, costs)]
-    order = removal_order(groups, scores, min_channels)
+    order = removal_order(groups, scores, min_channels, min_fraction)
     total = sum(g.size for g in groups)
     if target == "structures":
         k = round(ratio * total)
         if k > len(order):
             raise ConfigError(
-                f"ratio {ratio} asks to remove {k} of {total} structures, but keeping min_channels="
-                f"{min_channels} in each of {len(groups)} groups allows at most {len(order)}")
+                f"ratio {ratio} asks to remove {k} of {total} structures, but the per-group floor "
+                f"(min_channels={min_channels}, min_fraction={min_fraction}) of {len(groups)} groups allows "
+                f"at most {len(order)}")
         removed = as_removed(groups, order[:k])
         pruned = remove_channels(model, groups, removed, example_input)
     else:
         k, removed, pruned = _search_cost_target(model, groups, order, ratio, target, example_input)
     report = describe(model, pruned, groups, removed, example_input)
-    report.update(ratio=ratio, target=target, min_channels=min_channels, normalize=normalize,
-                  selection_seconds=time.perf_counter() - start)
+    report.update(ratio=ratio, target=target, min_channels=min_channels, min_fraction=min_fraction,
+                  normalize=normalize, selection_seconds=time.perf_counter() - start)
     return PruneResult(model=pruned, removed=removed, report=report)
 
 
@@ -207,6 +236,7 @@ def describe(base: nn.Module, pruned: nn.Module, groups: Sequence[ChannelGroup],
     return {
         "num_structures": total,
         "num_removed": sum(r["removed"] for r in per_group),
+        "min_kept_fraction": min(((r["size"] - r["removed"]) / r["size"] for r in per_group), default=1.0),
         "achieved_fraction": sum(r["removed"] for r in per_group) / max(total, 1),
         "params_before": params_before, "params_after": params_after,
         "macs_before": macs_before, "macs_after": macs_after,
@@ -221,11 +251,16 @@ def describe(base: nn.Module, pruned: nn.Module, groups: Sequence[ChannelGroup],
 # their own surgery (EigenDamage) register a whole pruning function.
 
 PRUNERS: dict[str, Callable] = {}
+PRUNER_POLICIES: dict[str, saliency.SelectionPolicy] = {}
 
 
-def register_pruner(name: str):
+def register_pruner(name: str, *, cost_normalizable: bool = False, min_fraction: float = 0.0):
+    """Decorator: a whole pruning function ``fn(model, batches, ratio, *, example_input, target,
+    num_samples, seed, [min_channels, min_fraction,] **options) -> PruneResult`` under ``name``.
+    It does its own selection, so ``normalize="cost"`` is not applied unless it says so."""
     def decorate(fn: Callable) -> Callable:
         PRUNERS[name] = fn
+        PRUNER_POLICIES[name] = saliency.SelectionPolicy(cost_normalizable, min_fraction)
         return fn
     return decorate
 
@@ -253,55 +288,96 @@ class _MethodNames:
 METHODS = _MethodNames()
 
 
+def effective_selection(method: str, options: dict, min_channels: int = 1, min_fraction: float = 0.0,
+                        normalize: str = "none") -> dict:
+    """The selection settings a run of ``method`` really uses (and records): the floor is the larger
+    of the configured ``min_fraction`` and the method's own (EigenDamage and C-OBD keep 5 % per layer,
+    as their authors' code); ``normalize="cost"`` only where the method's scores are on a scale that
+    cost can divide (not ``random``, not layer-wise ``magnitude``, not whole pruners), else ``none``."""
+    if normalize not in NORMALIZE:
+        raise ConfigError(f"normalize must be one of {', '.join(NORMALIZE)}, got {normalize!r}")
+    min_channels, min_fraction = check_floor(min_channels, min_fraction)
+    policy = PRUNER_POLICIES[method] if method in PRUNERS else saliency.policy(method)
+    return {"min_channels": min_channels,
+            "min_fraction": max(min_fraction, policy.min_fraction),
+            "normalize": normalize if policy.normalizable(options) else "none"}
+
+
 def run(method: str, model: nn.Module, batches: Iterable, ratio: float, *, example_input: torch.Tensor,
-        target: str = "structures", min_channels: int = 1, normalize: str = "none",
+        target: str = "structures", min_channels: int = 1, min_fraction: float = 0.0, normalize: str = "none",
         num_samples: int | None = None, seed: int = 0, **options) -> PruneResult:
     """Score with ``method`` on ``batches`` and prune to ``ratio``: the one call every rule makes."""
     (result,) = run_ratios(method, model, lambda: batches, [ratio], example_input=example_input,
-                           target=target, min_channels=min_channels, normalize=normalize,
-                           num_samples=num_samples, seed=seed, **options)
+                           target=target, min_channels=min_channels, min_fraction=min_fraction,
+                           normalize=normalize, num_samples=num_samples, seed=seed, **options)
     return result
 
 
 def run_ratios(method: str, model: nn.Module, make_batches: Callable[[], Iterable], ratios: Sequence[float], *,
                example_input: torch.Tensor, target: str = "structures", min_channels: int = 1,
-               normalize: str = "none", num_samples: int | None = None, seed: int = 0,
+               min_fraction: float = 0.0, normalize: str = "none", num_samples: int | None = None,
+               seed: int = 0, warmup_batches: int = 0, log: Callable[[str], None] | None = None,
                **options) -> list[PruneResult]:
     """:func:`run` at several ratios. A channel-saliency method scores once (saliencies do not depend
     on the ratio) and selects per ratio; ``prune_seconds`` of each result is the shared scoring time
     plus its own selection and surgery. Whole pruners (``PRUNERS``) run once per ratio, each on fresh
-    batches from ``make_batches()``."""
+    batches from ``make_batches()``. The selection settings are those of :func:`effective_selection`,
+    and each report records them.
+
+    ``warmup_batches``: untimed scoring passes on that many batches before the timed one (channel
+    methods), so one-off costs (lazy imports, first-call allocations) do not count against a method.
+    ``log``: where progress lines go (e.g. the CLI's logger)."""
+    if isinstance(warmup_batches, bool) or not isinstance(warmup_batches, int) or warmup_batches < 0:
+        raise ConfigError(f"warmup_batches must be an integer >= 0, got {warmup_batches!r}")
+    log = log or (lambda message: None)
     for ratio in ratios:
         check_ratio(ratio)
     if method not in METHODS:
         raise UnknownNameError("pruning method", method, list(METHODS))
+    selection = effective_selection(method, options, min_channels, min_fraction, normalize)
     if method in PRUNERS:
+        fn = PRUNERS[method]
+        accepted = inspect.signature(fn).parameters
+        floor = {k: selection[k] for k in ("min_channels", "min_fraction") if k in accepted and k not in options}
+        applied = {"normalize": selection["normalize"], **floor,
+                   **{k: options[k] for k in ("min_channels", "min_fraction") if k in options}}
         results = []
         for ratio in ratios:
             start = time.perf_counter()
-            result = PRUNERS[method](model, make_batches(), ratio, example_input=example_input, target=target,
-                                     num_samples=num_samples, seed=seed, **options)
+            result = fn(model, make_batches(), ratio, example_input=example_input, target=target,
+                        num_samples=num_samples, seed=seed, **floor, **options)
             result.report.update(method=method, options=dict(options), seed=seed,
                                  prune_seconds=time.perf_counter() - start)
+            # what was applied, never what was asked for: a floor the pruner does not take stays unrecorded
+            result.report.update({**applied, **{k: result.report[k] for k in selection if k in result.report}})
             results.append(result)
         return results
     fn = saliency.method(method)
     if "seed" in inspect.signature(fn).parameters and "seed" not in options:
         options["seed"] = seed
-    start = time.perf_counter()
+    t_groups = time.perf_counter()
     groups = channel_groups(model, example_input)
+    grouping = time.perf_counter() - t_groups
+    if warmup_batches:
+        warm = list(itertools.islice(make_batches(), warmup_batches))
+        t0 = time.perf_counter()
+        saliency.score(method, model, groups, warm, num_samples=sum(len(y) for _, y in warm), **options)
+        log(f"warm-up scoring on {len(warm)} batch(es) ({time.perf_counter() - t0:.2f} s, not counted)")
+    start = time.perf_counter()
     timings: dict = {}
     scores = saliency.score(method, model, groups, make_batches(), num_samples=num_samples,
                             timings=timings, **options)
-    scoring = time.perf_counter() - start
+    scoring = grouping + time.perf_counter() - start
+    log(f"scored {sum(g.size for g in groups)} structures in {len(groups)} groups ({scoring:.2f} s)")
     results = []
     for ratio in ratios:
         t0 = time.perf_counter()
-        result = prune(model, groups, scores, ratio=ratio, target=target, min_channels=min_channels,
-                       normalize=normalize, example_input=example_input)
+        result = prune(model, groups, scores, ratio=ratio, target=target, example_input=example_input,
+                       **selection)
         result.report.update(timings)
         result.report["scores"] = {g.name: s.tolist() for g, s in zip(groups, scores)}
         result.report.update(method=method, options=dict(options), seed=seed,
-                             prune_seconds=scoring + time.perf_counter() - t0)
+                             prune_seconds=scoring + time.perf_counter() - t0, warmup_batches=warmup_batches,
+                             shared_scoring=len(ratios) > 1)
         results.append(result)
     return results

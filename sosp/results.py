@@ -50,6 +50,15 @@ COLUMNS: dict[str, str] = {
     "target": "what `ratio` counts: structures, macs or params; 'none' if unpruned",
     "stage": "base / pruned (one-shot, before fine-tuning) / finetuned / widened",
     "achieved_fraction": "fraction of structures (channels) actually removed, in [0, 1]",
+    "min_channels": "per-group floor that selection applied: channels every group keeps at least (count)",
+    "min_fraction": "per-group floor that selection applied: fraction of every group's channels kept at least "
+                    "(the larger of the configured value and the method's own, e.g. 0.05 for EigenDamage/C-OBD)",
+    "normalize": "saliency normalisation that selection applied: none or cost (none where the method's "
+                 "scores cannot be divided by cost, e.g. random, layer-wise magnitude, EigenDamage)",
+    "min_kept_fraction": "smallest fraction of its channels that any group keeps (EigenDamage: of its "
+                         "eigen-directions, any layer side), in [0, 1]; near 0 means a layer collapsed",
+    "removed_per_layer": "JSON object: each group (named after its first producer; EigenDamage: each layer's "
+                         "output side) -> fraction of its channels removed",
     "samples": "calibration samples used for scoring (count)",
     "params": "number of parameters (count)",
     "macs": "multiply-accumulates per input image, batch 1 (count; torch FlopCounterMode / 2)",
@@ -74,7 +83,7 @@ COLUMNS: dict[str, str] = {
     "created_utc": "time the record was written (ISO 8601, UTC)",
     "schema_version": "version of this record layout",
 }
-_INTEGER_COLUMNS = ("seed", "samples", "params", "macs", "flops", "macs_fvcore", "train_epochs",
+_INTEGER_COLUMNS = ("seed", "samples", "min_channels", "params", "macs", "flops", "macs_fvcore", "train_epochs",
                     "finetune_epochs", "threads", "schema_version")
 KEY_COLUMNS = ("tier", "dataset", "arch", "variant", "seed", "method", "method_options", "ratio", "target", "stage")
 _LATENCY = re.compile(r"^latency_[a-z0-9]+_b\d+(_iqr)?_ms$")
@@ -139,9 +148,32 @@ def metric_fields(metrics: Mapping, split: str = "test") -> dict:
             "eval_split": split}
 
 
+def removed_per_layer(report: Mapping) -> dict[str, float]:
+    """Fraction of channels removed per group (channel methods: ``per_group``) or per layer output side
+    (EigenDamage: ``per_layer`` with ``directions_out``/``kept_out``)."""
+    if report.get("per_group"):
+        return {r["group"]: r["removed"] / r["size"] for r in report["per_group"] if r["size"]}
+    return {r["layer"]: 1 - r["kept_out"] / r["directions_out"] for r in report.get("per_layer") or []
+            if r.get("directions_out")}
+
+
+def min_kept_fraction(report: Mapping) -> float | None:
+    if report.get("min_kept_fraction") is not None:
+        return report["min_kept_fraction"]
+    if report.get("per_group"):
+        return min((r["size"] - r["removed"]) / r["size"] for r in report["per_group"] if r["size"])
+    kept = [r[f"kept_{side}"] / r[f"directions_{side}"] for r in report.get("per_layer") or []
+            for side in ("in", "out") if r.get(f"directions_{side}")]
+    return min(kept) if kept else None
+
+
 def prune_fields(report: Mapping) -> dict:
     """Record fields from a ``PruneResult.report`` (the rest of the report goes to ``details``)."""
+    per_layer = removed_per_layer(report)
     return {"achieved_fraction": report.get("achieved_fraction"),
+            "min_channels": report.get("min_channels"), "min_fraction": report.get("min_fraction"),
+            "normalize": report.get("normalize"), "min_kept_fraction": min_kept_fraction(report),
+            "removed_per_layer": json.dumps({k: round(v, 6) for k, v in per_layer.items()}) if per_layer else None,
             "saliency_seconds": report.get("saliency_seconds"),
             "selection_seconds": report.get("selection_seconds"),
             "prune_seconds": report.get("prune_seconds"),
@@ -212,12 +244,22 @@ def read_record(path: str | os.PathLike) -> dict:
     return record
 
 
+def _with_layer_fields(record: dict) -> dict:
+    """Records written before ``removed_per_layer``/``min_kept_fraction`` existed get them from their
+    own ``details.prune_report`` (the same counts)."""
+    report = (record.get("details") or {}).get("prune_report")
+    if record.get("removed_per_layer") is None and report:
+        fields = prune_fields(report)
+        record = {**record, **{k: fields[k] for k in ("removed_per_layer", "min_kept_fraction")}}
+    return record
+
+
 def collect(paths: Iterable[str | os.PathLike]) -> pd.DataFrame:
     """One row per record (files, or directories searched for ``*.json``), columns in canonical
     order (latency columns after the known ones), ``details`` dropped; sorted by the key columns."""
     rows = []
     for path in record_paths(paths):
-        record = read_record(path)
+        record = _with_layer_fields(read_record(path))
         rows.append({k: (json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else v)
                      for k, v in record.items() if k != "details"})
     return tidy(pd.DataFrame(rows))
@@ -236,7 +278,8 @@ def tidy(df: pd.DataFrame) -> pd.DataFrame:
     df["ratio"] = pd.to_numeric(df["ratio"]).fillna(0.0).astype(float)
     for name in _INTEGER_COLUMNS:  # nullable integers: no 256.0 in runs.csv where some rows lack a value
         df[name] = pd.to_numeric(df[name]).round().astype("Int64")
-    for name in ("top1", "top5", "loss", "achieved_fraction", "saliency_seconds", "selection_seconds",
+    for name in ("top1", "top5", "loss", "achieved_fraction", "min_fraction", "min_kept_fraction",
+                 "saliency_seconds", "selection_seconds",
                  "prune_seconds", "train_seconds", "finetune_seconds"):
         df[name] = pd.to_numeric(df[name]).astype(float)
     latency = sorted((c for c in df.columns if _LATENCY.match(c)), key=_latency_order)
@@ -378,39 +421,53 @@ _NOTE = ("Mean ± sample standard deviation over seeds. Reductions and Δ are pa
          "fine-tuning.")
 
 
+#: what a comparison at each target holds equal, for the table titles
+COMPARISON = {"structures": "equal structure ratio (every method removes the same fraction of channels; "
+                            "their MACs differ)",
+              "macs": "equal MACs (every method removes the same fraction of the base model's MACs)",
+              "params": "equal parameters (every method removes the same fraction of the base model's "
+                        "parameters)"}
+
+
 def paper_sections(df: pd.DataFrame):
-    """Paper-style tables, one per (tier, data set, architecture, variant): the unpruned model, then
-    every (method, ratio) after fine-tuning: params and MACs removed (%), top-1 (%) mean ± std over
-    seeds, its change from the unpruned model (pp), and the one-shot top-1 before fine-tuning."""
+    """Paper-style tables, one per (tier, data set, architecture, variant) and target, so each table
+    compares the methods at one thing held equal (:data:`COMPARISON`): the unpruned model, then every
+    (ratio, method) after fine-tuning: params and MACs removed (%), the smallest fraction of channels
+    any layer keeps (%, layer collapse shows as ~0), top-1 (%) mean ± std over seeds, its change from
+    the unpruned model (pp), and the one-shot top-1 before fine-tuning."""
     m = _paired(df)
+    m["_min_kept_pct"] = 100.0 * pd.to_numeric(m["min_kept_fraction"])
     for key, part in m.groupby(_SECTION, sort=False):
-        rows = []
         base = part[part["stage"].isin(UNPRUNED)]
-        if len(base):
-            rows.append({"method": f"unpruned ({base['stage'].iloc[0]})", "ratio": "–",
-                         "params (10^3)": _num(base["params"].mean() / 1e3, ".1f"), "params ↓ (%)": "–",
-                         "MACs (10^6)": _num(base["_macs_M"].mean(), ".3f"), "MACs ↓ (%)": "–",
-                         "top-1 (%)": _pm(base["_top1_pct"].mean(), base["_top1_pct"].std()),
-                         "Δ top-1 (pp)": "–", "one-shot top-1 (%)": "–"})
         pruned = part[~part["stage"].isin(UNPRUNED)]
-        for (method, options, target, ratio), runs in pruned.groupby(["method", "method_options", "target",
-                                                                      "ratio"], sort=True):
-            fine, shot = runs[runs["stage"] == "finetuned"], runs[runs["stage"] == "pruned"]
-            main = fine if len(fine) else shot
-            rows.append({
-                "method": method_label(method, options),
-                "ratio": _num(ratio, ".2f") + ("" if target == "structures" else f" ({target})"),
-                "params (10^3)": _num(main["params"].mean() / 1e3, ".1f"),
-                "params ↓ (%)": _num(main["_params_red"].mean(), ".1f"),
-                "MACs (10^6)": _num(main["_macs_M"].mean(), ".3f"),
-                "MACs ↓ (%)": _num(main["_macs_red"].mean(), ".1f"),
-                "top-1 (%)": _pm(fine["_top1_pct"].mean(), fine["_top1_pct"].std()) if len(fine) else "–",
-                "Δ top-1 (pp)": _pm(fine["_top1_change"].mean(), fine["_top1_change"].std(), signed=True)
-                if len(fine) else "–",
-                "one-shot top-1 (%)": _pm(shot["_top1_pct"].mean(), shot["_top1_pct"].std()) if len(shot) else "–",
-            })
-        if rows:
-            yield _title(*key), pd.DataFrame(rows)
+        for target in sorted(pruned["target"].unique(), key=lambda t: (t != "structures", t)):
+            rows = []
+            if len(base):
+                rows.append({"method": f"unpruned ({base['stage'].iloc[0]})", "ratio": "–",
+                             "params (10^3)": _num(base["params"].mean() / 1e3, ".1f"), "params ↓ (%)": "–",
+                             "MACs (10^6)": _num(base["_macs_M"].mean(), ".3f"), "MACs ↓ (%)": "–",
+                             "min kept (%)": "–",
+                             "top-1 (%)": _pm(base["_top1_pct"].mean(), base["_top1_pct"].std()),
+                             "Δ top-1 (pp)": "–", "one-shot top-1 (%)": "–"})
+            runs_of = pruned[pruned["target"] == target]
+            for (ratio, method, options), runs in runs_of.groupby(["ratio", "method", "method_options"], sort=True):
+                fine, shot = runs[runs["stage"] == "finetuned"], runs[runs["stage"] == "pruned"]
+                main = fine if len(fine) else shot
+                rows.append({
+                    "method": method_label(method, options),
+                    "ratio": _num(ratio, ".2f") + ("" if target == "structures" else f" ({target})"),
+                    "params (10^3)": _num(main["params"].mean() / 1e3, ".1f"),
+                    "params ↓ (%)": _num(main["_params_red"].mean(), ".1f"),
+                    "MACs (10^6)": _num(main["_macs_M"].mean(), ".3f"),
+                    "MACs ↓ (%)": _num(main["_macs_red"].mean(), ".1f"),
+                    "min kept (%)": _num(shot["_min_kept_pct"].mean(), ".1f") if len(shot) else "–",
+                    "top-1 (%)": _pm(fine["_top1_pct"].mean(), fine["_top1_pct"].std()) if len(fine) else "–",
+                    "Δ top-1 (pp)": _pm(fine["_top1_change"].mean(), fine["_top1_change"].std(), signed=True)
+                    if len(fine) else "–",
+                    "one-shot top-1 (%)": _pm(shot["_top1_pct"].mean(), shot["_top1_pct"].std())
+                    if len(shot) else "–",
+                })
+            yield f"{_title(*key)}: compared at {COMPARISON.get(target, target)}", pd.DataFrame(rows)
 
 
 def timing_sections(df: pd.DataFrame):

@@ -11,6 +11,7 @@ import itertools
 import math
 import os
 import time
+from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
@@ -24,12 +25,42 @@ METHODS: dict[str, Callable] = {}
 _BASELINE_MODULES = ("baselines.random", "baselines.magnitude", "baselines.taylor", "baselines.eigendamage")
 
 
-def register(name: str):
-    """Decorator: add a saliency function to :data:`METHODS` under ``name``."""
+@dataclass(frozen=True)
+class SelectionPolicy:
+    """How the shared selection may treat a method's scores (docs/method.md section 5).
+
+    ``cost_normalizable``: whether ``normalize="cost"`` may divide the scores by the MACs a structure
+    frees. Only scores on a common, global scale (a predicted loss change, a norm ranked globally)
+    can be traded against cost; random draws and within-group ranks cannot, so for them the option
+    is not applied (and recorded as ``none``). A bool, or a function of the method's options.
+    ``min_fraction``: the per-group floor the method's authors use; the run's floor is the larger of
+    this and the configured ``min_fraction``.
+    """
+
+    cost_normalizable: bool | Callable[[dict], bool] = True
+    min_fraction: float = 0.0
+
+    def normalizable(self, options: dict) -> bool:
+        flag = self.cost_normalizable
+        return bool(flag(options) if callable(flag) else flag)
+
+
+POLICIES: dict[str, SelectionPolicy] = {}
+
+
+def register(name: str, *, cost_normalizable: bool | Callable[[dict], bool] = True, min_fraction: float = 0.0):
+    """Decorator: add a saliency function to :data:`METHODS` under ``name``, with its
+    :class:`SelectionPolicy`."""
     def decorate(fn: Callable) -> Callable:
         METHODS[name] = fn
+        POLICIES[name] = SelectionPolicy(cost_normalizable, min_fraction)
         return fn
     return decorate
+
+
+def policy(name: str) -> SelectionPolicy:
+    _load_baselines()
+    return POLICIES.get(name, SelectionPolicy())
 
 
 def method(name: str) -> Callable:

@@ -27,7 +27,8 @@ TINY = {
     "seeds": [0],
     "train": {"epochs": 1, "batch_size": 128, "lr": 0.1},
     "finetune": {"epochs": 1, "batch_size": 128, "lr": 0.01},
-    "prune": {"methods": ["sosp_h", "magnitude"], "ratios": [0.5], "samples": 128, "score_batch_size": 64},
+    "prune": {"methods": ["sosp_h", "magnitude"], "ratios": [0.5], "target": ["structures", "macs"],
+              "min_fraction": 0.05, "samples": 128, "score_batch_size": 64},
     "measure": {"latency_batches": [1, 4]},
     "bottleneck": {"enabled": True, "archs": ["resnet20"], "ratio": 0.5, "methods": ["sosp_h"]},
     "report": {"figures": ["tradeoff_macs", "layer_ratios", "bottleneck_params"]},
@@ -69,16 +70,18 @@ def merged_config(tier: str) -> dict:
 def expected_jobs(config: dict) -> dict[str, int]:
     """Jobs of a full run, derived from the config (architecture.md's data flow):
     data once; one training per (net, seed), where the nets are the archs plus two widened variants per
-    bottleneck arch; one pruning job per (net, seed, method) for all ratios; one fine-tuning per
-    (net, seed, method, ratio); one measuring job per (net, seed); one bottleneck analysis per arch; runs,
+    bottleneck arch; one pruning job per (net, seed, method, target) for all ratios (widened nets: the
+    first target only); one fine-tuning per (net, seed, method, target, ratio); one measuring job per (net, seed); one bottleneck analysis per arch; runs,
     tables, one job per figure, and `all`."""
     seeds, ratios = len(config["seeds"]), len(config["prune"]["ratios"])
     bottleneck = config.get("bottleneck", {})
     b_archs = len(bottleneck.get("archs", [])) if bottleneck.get("enabled") else 0
     b_methods = len(bottleneck.get("methods", ["sosp_h"]))
     archs, methods = len(config["archs"]), len(config["prune"]["methods"])
+    target = config["prune"].get("target", "structures")
+    targets = 1 if isinstance(target, str) else len(target)  # widened nets: the first target only
     widened = 2 * b_archs
-    prune = seeds * (archs * methods + widened * b_methods)
+    prune = seeds * (archs * methods * targets + widened * b_methods)
     figures = config.get("report", {}).get("figures", [])
     counts = {"data": 1, "train": seeds * (archs + widened), "prune": prune, "finetune": prune * ratios,
               "measure": seeds * archs, "measure_widened": seeds * widened, "bottleneck": b_archs,
@@ -107,14 +110,23 @@ def test_default_workflow_end_to_end(tmp_path):
 
     out = tmp_path / "results" / "tiny"
     runs = pd.read_csv(out / "runs.csv")
-    # originals: base + 2 methods x (pruned, finetuned); 2 widened variants x (widened, pruned, finetuned)
-    assert len(runs) == 5 + 6
+    # originals: base + 2 methods x 2 targets x (pruned, finetuned); 2 widened variants x (widened, pruned,
+    # finetuned), the widened nets at the first target only
+    assert len(runs) == 9 + 6
     assert set(runs["variant"]) == {"original", "bottleneck-x2", "uniform-x1.1"}
     original = runs[runs["variant"] == "original"]
-    assert sorted(original["stage"]) == ["base", "finetuned", "finetuned", "pruned", "pruned"]
+    assert sorted(original["stage"]) == ["base"] + ["finetuned"] * 4 + ["pruned"] * 4
     assert set(runs["tier"]) == {"tiny"} and set(runs["dataset"]) == {"digits"} and set(runs["seed"]) == {0}
     pruned = runs[~runs["stage"].isin(["base", "widened"])]
-    assert set(pruned["ratio"]) == {0.5} and (pruned["achieved_fraction"] > 0.4).all()
+    assert set(pruned["ratio"]) == {0.5}
+    by_structures = pruned[pruned["target"] == "structures"]
+    by_macs = pruned[pruned["target"] == "macs"]
+    assert (by_structures["achieved_fraction"] > 0.4).all()
+    assert set(by_macs["variant"]) == {"original"} and len(by_macs) == 4
+    base_macs = runs.loc[(runs["variant"] == "original") & (runs["stage"] == "base"), "macs"].iloc[0]
+    assert ((1 - by_macs["macs"] / base_macs) >= 0.5).all(), "equal-MAC runs remove at least half the MACs"
+    assert (pruned["min_fraction"] == 0.05).all() and (pruned["min_kept_fraction"] >= 0.05).all()
+    assert pruned["removed_per_layer"].notna().all()
     assert set(original["method"]) == {"none", "sosp_h", "magnitude"}
     base = original[original["stage"] == "base"].iloc[0]
     shrunk = pruned[pruned["variant"] == "original"]
@@ -132,8 +144,12 @@ def test_default_workflow_end_to_end(tmp_path):
     assert (out / "bottleneck" / "resnet20.json").exists()
     table = (out / "tables" / "summary.md").read_text()
     assert "digits / resnet20 (tier tiny)" in table and "widened bottleneck-x2" in table
-    for name in ("summary", "paper", "timing"):
+    for name in ("summary", "timing"):
         assert (out / "tables" / f"{name}.tex").read_text().count("\\begin{tabular}") == 3
+    # the paper table compares the originals at each target, the widened nets at the first
+    paper = (out / "tables" / "paper.md").read_text()
+    assert paper.count("compared at equal structure ratio") == 3 and paper.count("compared at equal MACs") == 1
+    assert (out / "tables" / "paper.tex").read_text().count("\\begin{tabular}") == 4
     for name in TINY["report"]["figures"]:
         assert (out / "figures" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
         assert (out / "figures" / f"{name}.pdf").read_bytes()[:4] == b"%PDF"

@@ -27,7 +27,9 @@ def ratio_label(ratio):
 
 
 PRUNE = config["prune"]
-TARGET = PRUNE["target"]
+# every target the originals are pruned to; the first is the primary one (bottleneck study, widened nets)
+PRUNE_TARGETS = [PRUNE["target"]] if isinstance(PRUNE["target"], str) else list(PRUNE["target"])
+TARGET = PRUNE_TARGETS[0]
 RATIOS = [ratio_label(r) for r in PRUNE["ratios"]]
 SEEDS = [str(s) for s in config["seeds"]]
 BOTTLENECK = config["bottleneck"]
@@ -48,6 +50,11 @@ def split_net(net):
 ORIGINAL_NETS = list(config["archs"])
 WIDENED_NETS = [net_name(arch, v) for arch in BOTTLENECK_ARCHS for v in VARIANTS]
 NETS = ORIGINAL_NETS + WIDENED_NETS
+
+
+def net_targets(net):
+    """Targets a net is pruned to: all of `prune.target` for the originals, the first for widened nets."""
+    return PRUNE_TARGETS if split_net(net)[1] is None else [TARGET]
 
 
 def net_methods(net):
@@ -125,10 +132,11 @@ FINETUNED = "{net}/s{seed}/{method}/{target}/r{ratio}/finetuned"
 def run_stems(net, seed):
     """Every stem of one (net, seed), in config order: base, then pruned and finetuned per method/ratio."""
     stems = [BASE.format(net=net, seed=seed)]
-    for method in net_methods(net):
-        for ratio in RATIOS:
-            keys = dict(net=net, seed=seed, method=method, target=TARGET, ratio=ratio)
-            stems += [PRUNED.format(**keys), FINETUNED.format(**keys)]
+    for target in net_targets(net):
+        for method in net_methods(net):
+            for ratio in RATIOS:
+                keys = dict(net=net, seed=seed, method=method, target=target, ratio=ratio)
+                stems += [PRUNED.format(**keys), FINETUNED.format(**keys)]
     return stems
 
 

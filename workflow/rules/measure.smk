@@ -15,11 +15,13 @@ _latency = (
 
 # two rules with the same body: the originals are pruned by every method, the widened variants by
 # `bottleneck.methods`, so their (net, seed) jobs produce different sets of records
-for _name, _nets, _methods in (("measure", r"[^/+]+", PRUNE["methods"]),
-                               ("measure_widened", r"[^/+]+\+(bottleneck|uniform)", BOTTLENECK["methods"])):
+for _name, _nets, _methods, _targets in (
+    ("measure", r"[^/+]+", PRUNE["methods"], PRUNE_TARGETS),
+    ("measure_widened", r"[^/+]+\+(bottleneck|uniform)", BOTTLENECK["methods"], [TARGET]),
+):
     _stems = [BASE] + [
-        stem.replace("{method}", m).replace("{target}", TARGET).replace("{ratio}", r)
-        for m in _methods for r in RATIOS for stem in (PRUNED, FINETUNED)
+        stem.replace("{method}", m).replace("{target}", t).replace("{ratio}", r)
+        for t in _targets for m in _methods for r in RATIOS for stem in (PRUNED, FINETUNED)
     ]
 
     rule:

@@ -19,6 +19,7 @@ rule prune:
             for k, v in sorted(PRUNE.get("options", {}).get(wc.method, {}).items())
         ),
         min_channels=PRUNE["min_channels"],
+        min_fraction=PRUNE["min_fraction"],
         normalize=PRUNE["normalize"],
         samples=PRUNE["samples"],
         score_batch_size=PRUNE["score_batch_size"],
@@ -35,7 +36,8 @@ rule prune:
         f"{R}/benchmarks/prune/{{net}}/s{{seed}}/{{method}}/{{target}}.tsv"
     shell:
         "{SOSP} prune --model {input.model} --method {wildcards.method} --ratio {params.ratios} "
-        "--target {wildcards.target} --min-channels {params.min_channels} --normalize {params.normalize} "
+        "--target {wildcards.target} --min-channels {params.min_channels} --min-fraction {params.min_fraction} "
+        "--normalize {params.normalize} "
         "{params.options} --samples {params.samples} --score-batch-size {params.score_batch_size} "
         "--warmup-batches {params.warmup} "
         "{params.data} --seed {wildcards.seed} --tier {params.tier} --device {params.device} --threads {threads} "
