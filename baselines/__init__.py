@@ -1,4 +1,4 @@
-"""Reimplemented competitors of SOSP behind the same interface (method.md section 6).
+"""Reimplemented competitors of SOSP behind the same interface (docs/method.md section 6).
 
 Each module registers its methods on import: channel saliencies with ``sosp.saliency.register``
 (``random``, ``magnitude``, ``taylor``, ``cobd``), whole pruning methods with their own surgery with

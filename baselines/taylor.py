@@ -5,7 +5,7 @@ Per mini-batch ``m`` the importance of structure ``s`` is ``z_{s,m} = (dL_m/dc_s
 mini-batch's mean cross-entropy and ``c_s`` the gate after the BatchNorm (:mod:`sosp.structures`);
 the saliency is the plain mean of ``z_{s,m}`` over the mini-batches. Because the gate sits right
 after BN, ``dL/dc_s = gamma_s dL/dgamma_s + beta_s dL/dbeta_s``: exactly the paper's "gate after BN"
-form (method.md section 1). As every method here, scores are taken in eval mode with frozen
+form (docs/method.md section 1). As every method here, scores are taken in eval mode with frozen
 parameters (the paper accumulates them in train mode, from the gradients of its fine-tuning steps).
 
 Two schedules:

@@ -487,34 +487,11 @@ def cmd_data(args) -> None:
 
 def _widths(args) -> tuple[dict, str]:
     """Model options and variant label from --widths / --width-multiplier / --variant."""
-    from .results import ORIGINAL
+    from . import bottleneck
 
-    options, label = {}, ORIGINAL
-    if args.widths:
-        spec = _load_mapping(args.widths, "--widths")
-        if "variants" in spec:  # an analysis of `sosp bottleneck`
-            variants = spec["variants"]
-            if not args.variant or args.variant not in variants:
-                raise ConfigError(f"--widths {args.widths} holds the variants {', '.join(variants)}: choose "
-                                  f"one with --variant" + (f" (not {args.variant!r})" if args.variant else ""))
-            if spec.get("arch") and spec["arch"] != args.arch:
-                raise ConfigError(f"--widths {args.widths} was computed for {spec['arch']}, not {args.arch}")
-            chosen = variants[args.variant]
-            options["widths"], label = dict(chosen["widths"]), chosen.get("label", args.variant)
-        else:
-            bad = [k for k, v in spec.items() if isinstance(v, bool) or not isinstance(v, int) or v < 1]
-            if bad:
-                raise ConfigError(f"--widths must map width keys to positive channel counts; bad: {', '.join(bad)}")
-            options["widths"], label = dict(spec), args.variant or "custom"
-    if args.width_multiplier is not None:
-        if not args.width_multiplier > 0:
-            raise ConfigError(f"--width-multiplier must be positive, got {args.width_multiplier}")
-        options["width_multiplier"] = args.width_multiplier
-        if not args.widths:
-            label = args.variant or f"uniform-x{args.width_multiplier:g}"
-    elif args.variant and not args.widths:
-        raise ConfigError("--variant needs --widths or --width-multiplier")
-    return options, label
+    spec = _load_mapping(args.widths, "--widths") if args.widths else None
+    return bottleneck.width_options(spec, arch=args.arch, variant=args.variant,
+                                    width_multiplier=args.width_multiplier, source=args.widths)
 
 
 def cmd_train(args) -> None:
@@ -733,91 +710,23 @@ def cmd_measure(args) -> None:
 
 
 def cmd_bottleneck(args) -> None:
-    from . import bottleneck, models, results
+    from . import bottleneck, results
     from .io import write_json
 
-    for name in ("factor", "uniform_factor"):
-        if not getattr(args, name) > 0:
-            raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     model, meta = _load(args.model)
-    if not hasattr(model, "width_key"):
-        raise ConfigError(f"{args.model} is a {type(model).__name__}: the bottleneck study needs a CIFAR ResNet "
-                          "or VGG from sosp.models (width keys)")
     paths = results.record_paths(args.report)
     if not paths:
         raise DataError(f"no records found in {' '.join(args.report)}")
     records = [_read_record(str(p)) for p in paths]
-    for path, rec in zip(paths, records):
-        if not (rec.get("details") or {}).get("prune_report", {}).get("per_layer"):
-            raise DataError(f"record {path} has no details.prune_report.per_layer: give records of `sosp prune`")
-    methods = {(r.get("method"), results.canonical_options(r.get("method_options"))) for r in records}
-    archs = {r.get("arch") for r in records}
-    if len(methods) > 1 or len(archs) > 1:
-        raise DataError(f"records mix methods/architectures {sorted(methods)} / {sorted(archs)}: give one of each")
-    arch = archs.pop()
-    if meta.get("arch") and meta["arch"] != arch:
-        raise DataError(f"records are of {arch}, the model {args.model} is {meta['arch']}")
-    by_ratio: dict[str, dict] = {}
-    for rec in sorted(records, key=lambda r: (r["ratio"], r["seed"])):
-        layers = bottleneck.width_ratios(rec["details"]["prune_report"], model)
-        entry = by_ratio.setdefault(str(float(rec["ratio"])), {"seeds": [], "layers": {}, "blocks": {}})
-        entry["seeds"].append(rec["seed"])
-        for key, value in layers.items():
-            entry["layers"].setdefault(key, []).append(value)
-        for key, value in bottleneck.block_ratios(layers).items():
-            entry["blocks"].setdefault(key, []).append(value)
-    ratios = sorted(float(r) for r in by_ratio)
-    ratio = args.ratio if args.ratio is not None else ratios[(len(ratios) - 1) // 2]
-    if str(float(ratio)) not in by_ratio:
-        raise ConfigError(f"--ratio {ratio}: no record at that ratio (records have {', '.join(map(str, ratios))})")
-    chosen_ratio = by_ratio[str(float(ratio))]
-    mean = {k: sum(v) / len(v) for k, v in chosen_ratio["layers"].items()}
-    block_mean = {k: sum(v) / len(v) for k, v in chosen_ratio["blocks"].items()}
-    spec = model.width_spec()
-    if args.level == "layer":
-        keys = bottleneck.choose_bottlenecks(mean, args.selection, args.value)
-        blocks = sorted({bottleneck.block_of(k) for k in keys})
-    else:
-        blocks = bottleneck.choose_bottlenecks(block_mean, args.selection, args.value)
-        keys = bottleneck.block_keys(list(spec), blocks)
-    if not keys:
-        raise ConfigError(f"no layer is pruned by at most {args.value} at ratio {ratio}: raise --value")
-    original = meta.get("arch_options") or {}
-    base_options = {k: v for k, v in original.items() if k not in ("widths", "width_multiplier")}
-    num_classes = meta.get("num_classes")
-    in_channels = (meta.get("input_shape") or [3])[0]
-
-    def params_of(widths: dict) -> int | None:
-        if num_classes is None:
-            return None
-        net = models.create(arch, num_classes=num_classes, in_channels=in_channels, **base_options, widths=widths)
-        return sum(p.numel() for p in net.parameters())
-
-    widened = bottleneck.widened_widths(model, keys, args.factor)
-    uniform = bottleneck.uniform_widths(model, args.uniform_factor)
-    base_rec = meta.get("record") or {}
-    analysis = {
-        "tier": args.tier or records[0].get("tier"), "dataset": records[0].get("dataset"), "arch": arch,
-        "arch_options": base_options, "method": records[0].get("method"),
-        "method_options": results.canonical_options(records[0].get("method_options")),
-        "target": records[0].get("target"), "ratio": float(ratio), "selection": args.selection,
-        "value": args.value, "level": args.level,
-        "seeds": sorted({r["seed"] for r in records}),
-        "by_ratio": by_ratio, "layer_ratios": mean, "block_ratios": block_mean,
-        "bottlenecks": keys, "bottleneck_blocks": blocks,
-        "widths": spec, "params": params_of(spec) or base_rec.get("params"),
-        "variants": {
-            "bottleneck": {"label": f"bottleneck-x{args.factor:g}", "factor": args.factor, "keys": keys,
-                           "widths": widened, "params": params_of(widened)},
-            "uniform": {"label": f"uniform-x{args.uniform_factor:g}", "factor": args.uniform_factor,
-                        "keys": list(spec), "widths": uniform, "params": params_of(uniform)},
-        },
-        "records": [str(p) for p in paths], "git_commit": results.git_commit(),
-    }
+    analysis = bottleneck.analyse(model, meta, records, ratio=args.ratio, selection=args.selection,
+                                  value=args.value, level=args.level, factor=args.factor,
+                                  uniform_factor=args.uniform_factor, tier=args.tier,
+                                  record_names=[str(p) for p in paths])
     write_json(args.out, analysis)
+    keys, mean = analysis["bottlenecks"], analysis["layer_ratios"]
     sizes = (analysis["params"], analysis["variants"]["bottleneck"]["params"], analysis["variants"]["uniform"]["params"])
-    _log(f"bottlenecks of {arch} at ratio {ratio} ({args.selection} {args.value}, {args.level}s): "
-         + ", ".join(f"{k} ({100 * mean[k]:.0f}% removed)" for k in keys)
+    _log(f"bottlenecks of {analysis['arch']} at ratio {analysis['ratio']} ({args.selection} {args.value}, "
+         f"{args.level}s): " + ", ".join(f"{k} ({100 * mean[k]:.0f}% removed)" for k in keys)
          + (f"; params {sizes[0]:,} -> bottleneck-widened {sizes[1]:,}, uniform {sizes[2]:,}" if all(sizes) else "")
          + f"; wrote {args.out}")
 

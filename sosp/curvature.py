@@ -2,7 +2,7 @@
 
 All functions evaluate the model in eval mode (BatchNorm on running statistics, so samples are
 independent) with every gate at 1 and leave the model's parameters untouched. Notation follows
-method.md section 2: ``g = dL/dc``, ``J_n = df(x_n)/dc``, ``Lambda_n = diag(p_n) - p_n p_n^T``,
+docs/method.md section 2: ``g = dL/dc``, ``J_n = df(x_n)/dc``, ``Lambda_n = diag(p_n) - p_n p_n^T``,
 ``G = mean_n J_n^T Lambda_n J_n``.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Cost of a model: parameters, MACs (FLOPs = 2 x MACs) and latency, as in method.md section 9.
+"""Cost of a model: parameters, MACs (FLOPs = 2 x MACs) and latency, as in docs/method.md section 9.
 
 MACs count conv/linear/matmul multiply-accumulates only (no BN, activation or pooling terms), so that
 the two independent counters, torch's ``FlopCounterMode`` and fvcore, must agree exactly: a mismatch

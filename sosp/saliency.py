@@ -175,7 +175,7 @@ def sosp_h_terms(model: nn.Module, groups: Sequence[ChannelGroup], batches: Iter
 
 @register("sosp_h")
 def sosp_h(model, groups, batches, *, combine: str = "separate", curvature: str = "ggn"):
-    """SOSP-H: ``|g_s| + 1/2 |(G 1)_s|``, one GGN-vector product per batch (method.md section 4)."""
+    """SOSP-H: ``|g_s| + 1/2 |(G 1)_s|``, one GGN-vector product per batch (docs/method.md section 4)."""
     if combine not in SOSP_H_COMBINE:
         raise ConfigError(f"combine must be one of {sorted(SOSP_H_COMBINE)}, got {combine!r}")
     combinations, make_score = SOSP_H_COMBINE[combine]
@@ -209,7 +209,7 @@ def check_pairwise_memory(num_structures: int, dtype: torch.dtype, max_bytes: in
 def sosp_i_terms(model: nn.Module, groups: Sequence[ChannelGroup], batches: Iterable,
                  estimator: str = "exact", mc_samples: int = 1, seed: int = 0,
                  max_bytes: int | None = None) -> dict:
-    """Sample-weighted means of ``g`` and the full Gauss-Newton matrix ``G`` (method.md section 3)."""
+    """Sample-weighted means of ``g`` and the full Gauss-Newton matrix ``G`` (docs/method.md section 3)."""
     if estimator not in ("exact", "mc"):
         raise ConfigError(f"estimator must be 'exact' or 'mc', got {estimator!r}")
     if mc_samples < 1:
@@ -245,7 +245,7 @@ def sosp_i_terms(model: nn.Module, groups: Sequence[ChannelGroup], batches: Iter
 @register("sosp_i")
 def sosp_i(model, groups, batches, *, estimator: str = "exact", mc_samples: int = 1, seed: int = 0,
            max_bytes: int | None = None):
-    """SOSP-I: ``|g_s| + 1/2 sum_s' |G_ss'|`` with the full pairwise curvature (method.md section 3)."""
+    """SOSP-I: ``|g_s| + 1/2 sum_s' |G_ss'|`` with the full pairwise curvature (docs/method.md section 3)."""
     terms = sosp_i_terms(model, groups, batches, estimator=estimator, mc_samples=mc_samples,
                          seed=seed, max_bytes=max_bytes)
     return split_flat(terms["g"].abs() + 0.5 * terms["G"].abs().sum(dim=1), groups)

@@ -1,4 +1,4 @@
-"""Training, fine-tuning and evaluation (method.md section 8).
+"""Training, fine-tuning and evaluation (docs/method.md section 8).
 
 One SGD loop serves base training and fine-tuning after pruning. It is deterministic on the CPU: the
 data order, augmentation and any dropout of epoch ``e`` come from generators seeded with

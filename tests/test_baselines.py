@@ -1,4 +1,4 @@
-"""Baselines (method.md section 6): oracle tests in float64 against brute force that shares nothing
+"""Baselines (docs/method.md section 6): oracle tests in float64 against brute force that shares nothing
 with ``baselines`` (own hooks, one sample at a time, explicit Kronecker matrices), then every method
 end to end on the CIFAR and torchvision models."""
 import copy

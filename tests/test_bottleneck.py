@@ -1,4 +1,4 @@
-"""The bottleneck study (method.md section 7): layer-wise ratios -> bottlenecks -> widened widths, as the
+"""The bottleneck study (docs/method.md section 7): layer-wise ratios -> bottlenecks -> widened widths, as the
 `sosp bottleneck` verb writes them and `sosp train --widths/--width-multiplier` uses them."""
 from __future__ import annotations
 

@@ -115,7 +115,7 @@ def _mutate(path: str, value) -> dict:
     ("bottleneck.factor", -2, "bottleneck']['factor']"),
     ("bottleneck.level", "stage", "bottleneck']['level']"),
     ("measure.gpu_latency", "maybe", "measure']['gpu_latency']"),
-    ("measure.iters", 5, "measure']['iters']"),  # method.md: at least 30 timed iterations
+    ("measure.iters", 5, "measure']['iters']"),  # docs/method.md: at least 30 timed iterations
     ("report.figures", ["tradeoff_macs", "pie_chart"], "report']['figures'][1]"),
     ("resources.train", {"gpu": -1}, "resources']['train']['gpu']"),
     ("resources.trian", {"threads": 2}, "'trian' was unexpected"),

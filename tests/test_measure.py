@@ -1,4 +1,4 @@
-"""Cost measurement: the two MAC counters agree, modes are restored, latency records what method.md asks."""
+"""Cost measurement: the two MAC counters agree, modes are restored, latency records what docs/method.md asks."""
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode

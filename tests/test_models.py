@@ -1,4 +1,4 @@
-"""Model registry, CIFAR architectures and their width API; reference sizes from method.md section 9."""
+"""Model registry, CIFAR architectures and their width API; reference sizes from docs/method.md section 9."""
 import io
 
 import pytest
@@ -13,7 +13,7 @@ CIFAR = torch.zeros(1, 3, 32, 32)
 
 
 
-# (name, options, params, MACs in millions rounded to 2 decimals) -- method.md section 9
+# (name, options, params, MACs in millions rounded to 2 decimals) -- docs/method.md section 9
 CIFAR_REFERENCE = [
     ("resnet20", {"shortcut": "A"}, 269_722, 40.55),
     ("resnet32", {"shortcut": "A"}, 464_154, 68.86),

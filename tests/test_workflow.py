@@ -68,7 +68,7 @@ def merged_config(tier: str) -> dict:
 
 
 def expected_jobs(config: dict) -> dict[str, int]:
-    """Jobs of a full run, derived from the config (architecture.md's data flow):
+    """Jobs of a full run, derived from the config (the workflow's data flow, see README.md):
     data once; one training per (net, seed), where the nets are the archs plus two widened variants per
     bottleneck arch; one pruning job per (net, seed, method, target) for all ratios (widened nets: the
     first target only); one fine-tuning per (net, seed, method, target, ratio); one measuring job per (net, seed); one bottleneck analysis per arch; runs,

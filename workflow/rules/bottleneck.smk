@@ -1,4 +1,4 @@
-# Bottleneck study (method.md section 7): the layer-wise pruning ratios of `bottleneck.method` (SOSP-H)
+# Bottleneck study (docs/method.md section 7): the layer-wise pruning ratios of `bottleneck.method` (SOSP-H)
 # at every ratio and seed -> the bottlenecks at `bottleneck.ratio` -> the widths of the bottleneck-
 # widened and the uniformly widened networks (results/<tier>/bottleneck/<arch>.json, committed: the
 # layer_ratios figure is drawn from it). The widened nets are then trained, pruned, fine-tuned and
