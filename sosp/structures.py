@@ -4,8 +4,12 @@ A *group* is a set of layers whose channels must be removed together; a *structu
 index of one group. Groups come from ``torch_pruning.DependencyGraph`` so that no architecture needs
 a hand-written table. Every producer of a group (a conv/linear whose output channels belong to it)
 carries the group's gate: at the output of the BatchNorm that directly follows it, or at its own
-output where no BatchNorm follows (method.md section 1). Setting a gate to 0 zeroes the channel
-everywhere, which is exactly what physical removal does.
+output where no BatchNorm follows. Every other BatchNorm of the group acts on the channel after that
+gate and maps a zero input to ``beta - gamma mu / sigma``, so it carries the same gate on its output
+too (docs/method.md section 1). Setting a gate to 0 then zeroes the channel everywhere, which is exactly
+what physical removal does. Layers for which no gate can do that (channel-mixing layers with
+parameters, grouped convolutions that are not depthwise, additive per-channel parameters) are refused
+with :class:`UnsupportedModelError` naming the layer.
 """
 from __future__ import annotations
 
@@ -38,11 +42,18 @@ def _import_torch_pruning():
 tp = _import_torch_pruning()
 
 PRODUCER_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
-BATCHNORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
-# Layers whose output channel i depends on input channel i only (or that carry no channel at all):
-# zeroing a channel before them is the same as removing it. Anything else in a group that also mixes
-# channels (LayerNorm, GroupNorm, attention, ...) would make gates and surgery disagree.
-CHANNELWISE_TYPES = PRODUCER_TYPES + BATCHNORM_TYPES + (nn.PReLU,)
+# Every BatchNorm, including subclasses such as timm's BatchNormAct2d (BN, then an activation).
+BATCHNORM_BASE = nn.modules.batchnorm._BatchNorm
+# Layers whose output channel i depends on input channel i only (or that carry no channel at all).
+# Convs, linears and PReLU map a zeroed channel to zero (a bias belongs to the output channel, and a
+# producer's output carries its own gate); a BatchNorm maps it to ``beta - gamma mu / sigma``, so every
+# BatchNorm of a group carries the gate on its output. Anything else in a group with parameters
+# (GroupNorm, attention, ...) would make gates and surgery disagree and is refused.
+CHANNELWISE_TYPES = PRODUCER_TYPES + (BATCHNORM_BASE, nn.PReLU)
+CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+# Ops through which an unwrapped per-channel parameter (e.g. ConvNeXt's layer scale ``gamma``) may
+# reach the multiplication that applies it.
+_RESHAPE_OPS = (tp.ops._ReshapeOp, tp.ops._ExpandOp)
 
 
 class ChannelGroups(list):
@@ -57,8 +68,17 @@ class ChannelGroups(list):
 class ChannelGroup:
     """One prunable set of coupled channels.
 
-    ``name`` is the first producer in module order (stable across runs and copies of the model);
-    ``gated_modules`` are the modules whose output channels carry this group's gates.
+    ``name`` is the first producer in module order (stable across runs and copies of the model).
+    ``gated_modules`` are the modules whose whole output (its channels are exactly this group's, in
+    order) is multiplied by the group's gate: each producer's gate site, and every BatchNorm of the
+    group that has exactly the group's channels. ``normalized_modules`` are the normalisation layers
+    that need a gate-aware hook instead of that plain product, and :func:`gates_applied` applies
+    them: channel LayerNorms (gate-weighted statistics, :func:`gated_layer_norm`) and BatchNorms that
+    read this group's channels among other channels (DenseNet's pre-activation BN reads a
+    concatenation of many groups), whose output is multiplied by the gate on the group's channels
+    only. ``gate_slices`` maps each such BatchNorm to ``(module channels, group channels)``: output
+    channel ``module_channels[k]`` carries structure ``group_channels[k]``. Code that multiplies
+    ``gated_modules`` by hand must handle ``normalized_modules`` through :func:`gates_applied`.
     """
 
     name: str
@@ -67,6 +87,7 @@ class ChannelGroup:
     producers: tuple[str, ...]
     consumers: tuple[str, ...]
     normalized_modules: tuple[str, ...] = ()
+    gate_slices: tuple[tuple[str, tuple[int, ...], tuple[int, ...]], ...] = ()
 
 
 def classifier_name(model: nn.Module, example_input: torch.Tensor) -> str:
@@ -120,45 +141,145 @@ def channel_groups(model: nn.Module, example_input: torch.Tensor,
         raise UnsupportedModelError(f"unprunable modules not found in the model: {', '.join(unknown)}")
     graph = dependency_graph(model, example_input)
     ignored = [modules[n] for n in keep_out]
+    params = {p: n for n, p in model.named_parameters()}
     groups = []
+    grouped: dict[str, set[str]] = {}  # grouped conv -> producers of the groups it is in
     for tp_group in graph.get_all_groups(ignored_layers=ignored, root_module_types=PRODUCER_TYPES):
-        groups.append(_describe(tp_group, graph, names, order))
+        group, convs = _describe(tp_group, graph, names, order, params)
+        for name in convs:
+            grouped.setdefault(name, set()).update(group.producers)
+        groups.append(group)
+    if grouped:
+        _refuse_grouped_convs(grouped, modules, order)
     groups.sort(key=lambda g: order[g.name])
     return ChannelGroups(groups, example_input=example_input[:1].detach())
 
 
-def _describe(tp_group, graph: tp.DependencyGraph, names: dict, order: dict) -> ChannelGroup:
-    producers, consumers, gated, normalized = [], [], [], []
+def _describe(tp_group, graph: tp.DependencyGraph, names: dict, order: dict,
+              params: dict) -> tuple[ChannelGroup, list[str]]:
+    """The group, and the grouped (not depthwise) convs in it, which :func:`channel_groups` refuses."""
+    producers, consumers, normalized = [], [], []
+    sites: set[str] = set()  # each producer's gate site
+    batchnorms: dict[str, tuple[nn.Module, dict[int, int]]] = {}  # group channel -> BN channel
+    grouped: list[str] = []
     size = len(tp_group[0].idxs)
+    root = names[tp_group[0].dep.target.module]
     for item in tp_group.items:
         module = item.dep.target.module
+        if isinstance(module, nn.Parameter):
+            _check_unwrapped_parameter(graph, module, params.get(module, "an unnamed parameter"), root)
+            continue
         if not isinstance(module, nn.Module) or module not in names:
             continue  # functional ops (add, concat, ...) carry no parameters
         name = names[module]
+        channels = dict(zip(_root_idxs(item), item.idxs))  # group channel -> module channel
         is_out = graph.is_out_channel_pruning_fn(item.dep.handler)
         if _is_channel_layernorm(module):
+            if not _whole_width(channels, size, module.normalized_shape[0]):
+                raise UnsupportedModelError(
+                    f"channel LayerNorm {name!r} normalises the channels of the group rooted at {root!r} "
+                    "together with other channels; gates cannot remove them exactly, so this model is "
+                    "not supported")
             if name not in normalized:
                 normalized.append(name)
             continue
         if not isinstance(module, CHANNELWISE_TYPES) and _has_channel_params(module):
             raise UnsupportedModelError(
                 f"layer {name!r} ({type(module).__name__}) mixes or rescales the channels of group "
-                f"rooted at {names[tp_group[0].dep.target.module]!r}; gates cannot remove its "
+                f"rooted at {root!r}; gates cannot remove its "
                 "channels exactly, so this model is not supported")
+        if isinstance(module, BATCHNORM_BASE):
+            batchnorms.setdefault(name, (module, {}))[1].update(channels)
+            continue
+        if isinstance(module, CONV_TYPES) and _is_grouped(module) and name not in grouped:
+            grouped.append(name)
         if not isinstance(module, PRODUCER_TYPES):
             continue
         if is_out:
             if list(item.idxs) != list(range(size)):
                 raise UnsupportedModelError(f"producer {name!r} maps the group's channels out of order")
             producers.append(name)
-            gated.append(names[_gate_site(graph, module)])
+            sites.add(names[_gate_site(graph, module)])
         elif name not in consumers:
             consumers.append(name)
     producers = sorted(set(producers), key=order.__getitem__)
-    gated = sorted(set(gated), key=order.__getitem__)
-    return ChannelGroup(name=producers[0], size=size, gated_modules=tuple(gated),
-                        producers=tuple(producers), consumers=tuple(sorted(consumers, key=order.__getitem__)),
-                        normalized_modules=tuple(sorted(normalized, key=order.__getitem__)))
+    # Every BatchNorm that is not a producer's gate site acts on the channel after a gate: it gets
+    # the gate on its output too, on its whole output where its channels are the group's, else on
+    # the group's slice of it.
+    gated = set(sites)
+    slices = []
+    for name, (module, channels) in batchnorms.items():
+        if name in sites:
+            continue
+        if _whole_width(channels, size, module.num_features):
+            gated.add(name)
+        else:
+            group_channels = tuple(sorted(channels))
+            slices.append((name, tuple(channels[k] for k in group_channels), group_channels))
+            normalized.append(name)
+    slices.sort(key=lambda s: order[s[0]])
+    group = ChannelGroup(name=producers[0], size=size, gated_modules=tuple(sorted(gated, key=order.__getitem__)),
+                         producers=tuple(producers), consumers=tuple(sorted(consumers, key=order.__getitem__)),
+                         normalized_modules=tuple(sorted(normalized, key=order.__getitem__)),
+                         gate_slices=tuple(slices))
+    return group, grouped
+
+
+def _refuse_grouped_convs(grouped: dict[str, set[str]], modules: dict, order: dict) -> None:
+    """A conv with ``1 < groups`` that is not depthwise mixes the channels within each of its groups;
+    removing single channels of its input or output breaks that grouping (torch-pruning's surgery
+    then crashes or builds a different model). Name every such layer, and every layer that must be
+    declared unprunable so that no group contains it."""
+    described = []
+    for name in sorted(grouped, key=order.__getitem__):
+        conv = modules[name]
+        described.append(f"{name!r} (groups={conv.groups}, {conv.in_channels} -> {conv.out_channels} channels)")
+    declare = sorted(set(grouped).union(*grouped.values()), key=order.__getitem__)
+    raise UnsupportedModelError(
+        f"grouped convolution{'s' if len(grouped) > 1 else ''} that {'are' if len(grouped) > 1 else 'is'} not "
+        f"depthwise: {', '.join(described)}. Removing single channels breaks the grouping, so gates and "
+        f"surgery cannot agree. Declare {', '.join(repr(n) for n in declare)} unprunable "
+        "(channel_groups(..., unprunable=[...]) or the model attribute sosp_unprunable), so that no "
+        "group contains a grouped convolution")
+
+
+def _root_idxs(item) -> list[int]:
+    return list(getattr(item, "root_idxs", None) or item.idxs)
+
+
+def _whole_width(channels: dict[int, int], size: int, width: int) -> bool:
+    """Whether a layer's channels are exactly the group's, channel ``k`` at position ``k``."""
+    return width == size and channels == {k: k for k in range(size)}
+
+
+def _is_grouped(conv: nn.Module) -> bool:
+    """A conv with ``groups > 1`` that is not depthwise (``groups == in_channels == out_channels``)."""
+    return conv.groups > 1 and not (conv.groups == conv.in_channels == conv.out_channels)
+
+
+def _check_unwrapped_parameter(graph: tp.DependencyGraph, param: nn.Parameter, name: str, root: str) -> None:
+    """A per-channel parameter outside any known layer (torch-pruning prunes it as an 'unwrapped
+    parameter') must only multiply the channel, like ConvNeXt's layer scale: a product keeps a zeroed
+    channel at zero, an additive offset would not, and no gate could follow it."""
+    node = graph.module2node.get(param)
+    frontier = list(node.outputs) if node is not None else []
+    seen = set()
+    ok = bool(frontier)
+    while frontier and ok:
+        nxt = frontier.pop()
+        if id(nxt) in seen:
+            continue
+        seen.add(id(nxt))
+        op = nxt.module
+        if isinstance(op, _RESHAPE_OPS):
+            frontier.extend(nxt.outputs)
+        elif not (isinstance(op, tp.ops._ElementWiseOp) and str(op._grad_fn).startswith("Mul")):
+            ok = False
+    if not ok:
+        raise UnsupportedModelError(
+            f"parameter {name!r} acts on the channels of the group rooted at {root!r} other than by "
+            "multiplication (e.g. an additive per-channel offset): a removed channel would not read zero "
+            "after it, so gates cannot remove it exactly and this model is not supported")
 
 
 def _is_channel_layernorm(module: nn.Module) -> bool:
@@ -170,10 +291,22 @@ def _has_channel_params(module: nn.Module) -> bool:
 
 
 def _gate_site(graph: tp.DependencyGraph, producer: nn.Module) -> nn.Module:
-    """The BatchNorm right after ``producer`` if its output goes only there, else the producer."""
+    """The BatchNorm right after ``producer`` if its output goes only there, else the producer.
+
+    A BatchNorm subclass that does more after normalising (timm's ``BatchNormAct2d``: BN, then an
+    activation) is traced as its batch-norm op followed by the module's own output; it still counts
+    as right after the producer, and its gate multiplies the module's output (after the activation).
+    """
     outputs = graph.module2node[producer].outputs
-    if len(outputs) == 1 and isinstance(outputs[0].module, BATCHNORM_TYPES):
-        return outputs[0].module
+    if len(outputs) != 1:
+        return producer
+    nxt = outputs[0]
+    if isinstance(nxt.module, BATCHNORM_BASE):
+        return nxt.module
+    if (isinstance(nxt.module, tp.ops._ElementWiseOp) and "BatchNorm" in str(nxt.module._grad_fn)
+            and len(nxt.outputs) == 1 and isinstance(nxt.outputs[0].module, BATCHNORM_BASE)
+            and len(nxt.outputs[0].inputs) == 1):
+        return nxt.outputs[0].module
     return producer
 
 
@@ -233,6 +366,9 @@ def gates_applied(model: nn.Module, groups: Sequence[ChannelGroup],
                   gates: Sequence[torch.Tensor] | torch.Tensor) -> Iterator[None]:
     """Multiply every gated module's output by its group's gate while the block runs.
 
+    ``gated_modules`` get the plain product; ``normalized_modules`` their gate-aware hook: channel
+    LayerNorms :func:`gated_layer_norm`, BatchNorms in ``gate_slices`` the gate on the group's
+    channels of their output only.
     ``gates`` is one tensor per group, or one flat tensor over all structures; each of shape ``(C,)``
     (shared by the batch) or ``(B, C)`` (per-sample gates, for per-sample Jacobians).
     """
@@ -249,15 +385,31 @@ def gates_applied(model: nn.Module, groups: Sequence[ChannelGroup],
                 dim = channel_dim(module)
                 handles.append(module.register_forward_hook(
                     lambda m, i, out, gate=gate, dim=dim: out * broadcast_gate(gate, out, dim)))
+            slices = {name: (mod_idx, grp_idx) for name, mod_idx, grp_idx in group.gate_slices}
             for name in group.normalized_modules:
                 module = modules[name]
                 dim = channel_dim(module)
-                handles.append(module.register_forward_hook(
-                    lambda m, i, out, gate=gate, dim=dim: gated_layer_norm(m, i[0], gate, dim)))
+                if name in slices:
+                    scatter = _scatter_matrix(group.size, module.num_features, *slices[name], gate)
+                    handles.append(module.register_forward_hook(
+                        lambda m, i, out, gate=gate, dim=dim, scatter=scatter:
+                            out * broadcast_gate(1 + (gate - 1) @ scatter, out, dim)))
+                else:
+                    handles.append(module.register_forward_hook(
+                        lambda m, i, out, gate=gate, dim=dim: gated_layer_norm(m, i[0], gate, dim)))
         yield
     finally:
         for h in handles:
             h.remove()
+
+
+def _scatter_matrix(size: int, width: int, module_channels, group_channels, like: torch.Tensor) -> torch.Tensor:
+    """``P`` (``size x width``) with ``P[group_channels[k], module_channels[k]] = 1``: ``1 + (c - 1) P``
+    is a layer-wide gate that is ``c`` on the group's channels and 1 elsewhere (differentiable in
+    ``c``, for shared and per-sample gates alike)."""
+    scatter = torch.zeros(size, width, dtype=like.dtype, device=like.device)
+    scatter[list(group_channels), list(module_channels)] = 1
+    return scatter
 
 
 def zero_gates(groups: Sequence[ChannelGroup], removed: dict[str, Sequence[int]],
