@@ -223,7 +223,7 @@ def scoring_time(df: pd.DataFrame, **_) -> Figure:
 
 
 def _latency_columns(df: pd.DataFrame) -> list[str]:
-    from .results import _LATENCY
+    from .results.records import _LATENCY
 
     return [c for c in df.columns if _LATENCY.match(c) and "_iqr_" not in c and df[c].notna().any()]
 

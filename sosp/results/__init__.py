@@ -1,0 +1,45 @@
+"""Records, their aggregation over seeds, and the tables made from them (one module each); this
+package re-exports their public names, so ``from sosp import results; results.collect(...)`` works."""
+from .records import (  # noqa: F401
+    SCHEMA_VERSION,
+    STAGES,
+    UNPRUNED,
+    NO_METHOD,
+    ORIGINAL,
+    COLUMNS,
+    KEY_COLUMNS,
+    latency_column,
+    is_column,
+    make_record,
+    update_record,
+    metric_fields,
+    removed_per_layer,
+    min_kept_fraction,
+    prune_fields,
+    measurement_fields,
+    canonical_options,
+    method_label,
+    record_paths,
+    read_record,
+    collect,
+    tidy,
+    write_runs_csv,
+    read_runs_csv,
+    git_commit,
+)
+from .aggregation import (  # noqa: F401
+    GROUP_COLUMNS,
+    summary_table,
+)
+from .tables import (  # noqa: F401
+    format_summary,
+    COMPARISON,
+    paper_sections,
+    timing_sections,
+    TABLES,
+    summary_markdown,
+    summary_latex,
+    write_tables,
+    TABLE_FORMATS,
+    write_named_tables,
+)
