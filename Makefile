@@ -1,13 +1,14 @@
 # Two entry points, both self-contained on a fresh clone:
 #   make workflow   create .venv, install the suite, run the default Snakemake workflow
 #   make test       create .venv, install the suite with test extras, run the test suite
+#   make test-fast  the same without the tests marked slow
 PYTHON ?= python3
 VENV   ?= .venv
 CORES  ?= 2
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install workflow figures test benchmarks benchmarks-quick benchmarks-gpu benchmarks-workflow
+.PHONY: install workflow figures test test-fast benchmarks benchmarks-quick benchmarks-gpu benchmarks-workflow
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +26,9 @@ figures: $(STAMP)
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -n 2 --dist loadgroup -q
+
+test-fast: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -n 2 --dist loadgroup -q -m "not slow"
 
 # Timing benchmarks (not tests): CSVs and figures under results/benchmarks/, see benchmarks/README.md
 benchmarks: $(STAMP)

@@ -66,13 +66,14 @@ import torch.nn.functional as F
 from sosp import measure
 from sosp import prune as sosp_prune
 from sosp.curvature import scoring_mode
-from sosp.errors import ConfigError, SospError, UnsupportedModelError
+from sosp.errors import ConfigError, SospError, UnsupportedModelError, check_positive_int
 
 #: per-layer floor of EigenDamage's and C-OBD's authors (their ``prune_ratio_limit=0.95``): every layer
 #: keeps at least 5 % of its channels / eigen-directions per side
 AUTHORS_MIN_FRACTION = 0.05
 from sosp.saliency import limit_samples, register
 from sosp.structures import ChannelGroup, classifier_name
+from sosp.utils import progress
 
 CHUNK_ELEMENTS = 1 << 25  # per-sample gradients held at once by cobd
 
@@ -477,7 +478,8 @@ def _one_round(model, data, ratio_goal, total, example_input, seed, target, floo
     """Score ``model`` and remove directions until ``ratio_goal`` of the ``total`` original ones are gone."""
     layers, skipped = candidate_layers(model, example_input)
     start = time.perf_counter()
-    scores = score_layers(model, data, layers, seed)
+    with progress(data, "scoring eigendamage", unit=" batch") as counted:
+        scores = score_layers(model, counted, layers, seed)
     seconds = time.perf_counter() - start
     order = direction_order(scores, *floor)
     if target != "structures":
@@ -526,8 +528,7 @@ def _iterative(model, data, ratio, total, example_input, seed, target, steps, fi
     if target != "structures":
         raise ConfigError(f"eigendamage mode 'iterative' removes a fraction of eigen-directions; "
                           f"target {target!r} needs mode 'one_pass'")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ConfigError(f"steps must be a positive integer, got {steps!r}")
+    check_positive_int("steps", steps)
     current, seconds, done = model, 0.0, {}
     for step in range(1, steps + 1):
         current, done, round_seconds, skipped = _one_round(current, data, ratio * step / steps, total,

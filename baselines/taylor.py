@@ -36,9 +36,10 @@ import torch.nn.functional as F
 
 from sosp import prune as sosp_prune
 from sosp.curvature import scoring_mode
-from sosp.errors import ConfigError, SospError
+from sosp.errors import ConfigError, SospError, check_positive_int
 from sosp.saliency import _to_device, limit_samples, register
 from sosp.structures import ChannelGroup, channel_groups, gates_applied, split_flat, total_structures
+from sosp.utils import progress, train_mode
 
 
 def minibatch_gate_gradient(model: nn.Module, groups: Sequence[ChannelGroup], x: torch.Tensor,
@@ -87,16 +88,14 @@ def sgd_finetune(lr: float = 1e-3, momentum: float = 0.9, weight_decay: float = 
     """
     def finetune(model: nn.Module, batches: Sequence) -> None:
         optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
-        was_training = model.training
-        model.train()
         try:
-            for x, y in batches:
-                x, y = _to_device(model, x, y)
-                optimizer.zero_grad(set_to_none=True)
-                F.cross_entropy(model(x), y).backward()
-                optimizer.step()
+            with train_mode(model):
+                for x, y in batches:
+                    x, y = _to_device(model, x, y)
+                    optimizer.zero_grad(set_to_none=True)
+                    F.cross_entropy(model(x), y).backward()
+                    optimizer.step()
         finally:
-            model.train(was_training)
             optimizer.zero_grad(set_to_none=True)
     return finetune
 
@@ -105,11 +104,9 @@ def _check_iterative(ratio, prune_every, per_step, min_channels, min_fraction, t
     if target != "structures":
         raise ConfigError(f"taylor_iterative removes a fraction of structures; target {target!r} is not supported")
     sosp_prune.check_floor(min_channels, min_fraction)
-    for name, value in (("prune_every", prune_every),):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-    if per_step is not None and (isinstance(per_step, bool) or not isinstance(per_step, int) or per_step < 1):
-        raise ConfigError(f"per_step must be a positive integer or None (2% of the structures), got {per_step!r}")
+    check_positive_int("prune_every", prune_every)
+    if per_step is not None:
+        check_positive_int("per_step", per_step)
     return sosp_prune.check_ratio(ratio)
 
 
@@ -134,6 +131,7 @@ def iterative_prune(model: nn.Module, batches: Iterable, ratio: float, *, exampl
     floor_of = {g.name: sosp_prune.group_floor(g.size, min_channels, min_fraction) for g in base_groups}
     current, stream = copy.deepcopy(model), itertools.cycle(data)
     removed_count, steps, score_seconds = 0, 0, 0.0
+    bar = progress(desc="taylor_iterative", total=goal, unit=" structure")
     while removed_count < goal:
         groups = channel_groups(current, example_input)
         chunk = [next(stream) for _ in range(prune_every)]
@@ -152,6 +150,8 @@ def iterative_prune(model: nn.Module, batches: Iterable, ratio: float, *, exampl
         removed_count += len(order)
         steps += 1
         finetune_fn(current, chunk)
+        bar.update(len(order))
+    bar.close()
     removed = {g.name: sorted(set(range(g.size)) - set(alive[g.name])) for g in base_groups}
     removed = {name: idx for name, idx in removed.items() if idx}
     report = sosp_prune.describe(model, current, base_groups, removed, example_input)

@@ -3,7 +3,7 @@ from importlib import import_module
 
 __version__ = "0.1.0"
 _SUBMODULES = ("models", "data", "train", "structures", "curvature", "saliency", "prune",
-               "bottleneck", "measure", "results", "plots", "io", "errors")
+               "bottleneck", "measure", "results", "plots", "io", "errors", "utils")
 
 
 def __getattr__(name):  # lazy: `import sosp` stays cheap for the command line

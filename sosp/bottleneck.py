@@ -11,7 +11,7 @@ from typing import Mapping, Sequence
 
 import torch.nn as nn
 
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, is_positive_int
 
 SELECTIONS = ("fraction", "threshold")
 
@@ -115,7 +115,7 @@ def width_options(spec: Mapping | None, *, arch: str, variant: str | None = None
             chosen = variants[variant]
             options["widths"], label = dict(chosen["widths"]), chosen.get("label", variant)
         else:
-            bad = [k for k, v in spec.items() if isinstance(v, bool) or not isinstance(v, int) or v < 1]
+            bad = [k for k, v in spec.items() if not is_positive_int(v)]
             if bad:
                 raise ConfigError(f"--widths must map width keys to positive channel counts; bad: {', '.join(bad)}")
             options["widths"], label = dict(spec), variant or "custom"

@@ -22,7 +22,8 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from .errors import ConfigError, DataError, SospError
+from . import utils
+from .errors import ConfigError, DataError, SospError, is_positive_int
 
 PROG = "sosp"
 
@@ -61,12 +62,13 @@ def _fraction(text: str) -> float:
 
 
 def _positive_int(text: str) -> int:
+    """argparse type; the wording of :func:`sosp.errors.check_positive_int` after argparse's "argument --x:"."""
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+        value = None
+    if not is_positive_int(value):
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
     return value
 
 
@@ -324,6 +326,7 @@ def _version() -> str:
 def _setup(args) -> None:
     global _QUIET
     _QUIET = bool(getattr(args, "quiet", False))
+    utils.show_progress(not _QUIET)
     threads = getattr(args, "threads", None)
     if threads:
         import torch

@@ -17,22 +17,21 @@ import torch.nn.functional as F
 
 from .structures import (ChannelGroup, broadcast_gate, channel_dim, gates_applied, split_flat,
                          total_structures)
+from .utils import eval_mode
 
 
 @contextlib.contextmanager
 def scoring_mode(model: nn.Module) -> Iterator[None]:
     """Eval mode and frozen parameters: only the gates need gradients, which halves the backward."""
-    was_training = model.training
     flags = [(p, p.requires_grad) for p in model.parameters()]
-    model.eval()
-    for p, _ in flags:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
-        model.train(was_training)
+    with eval_mode(model):
+        for p, _ in flags:
+            p.requires_grad_(False)
+        try:
+            yield
+        finally:
+            for p, flag in flags:
+                p.requires_grad_(flag)
 
 
 # Layers that are linear in their input (given frozen parameters, BN on running statistics): their

@@ -2,7 +2,7 @@
 
 Everything a user can get wrong (a name, a path, a ratio, a config key) raises a subclass of
 ``SospError`` with a message that says what was wrong and how to fix it, so no user ever sees a bare
-traceback for bad input.
+traceback for bad input. :func:`check_positive_int` is the one check of a positive-integer option.
 """
 
 
@@ -35,3 +35,16 @@ class UnsupportedModelError(SospError):
 
 class TrainingDivergedError(SospError):
     """A NaN or inf loss during training."""
+
+
+def is_positive_int(value) -> bool:
+    """An integer >= 1; a bool is not one."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def check_positive_int(name: str, value) -> int:
+    """``value`` if it is a positive integer (:func:`is_positive_int`), else a :class:`ConfigError`
+    naming ``name``."""
+    if not is_positive_int(value):
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+    return value

@@ -4,7 +4,6 @@ MACs count conv/linear/matmul multiply-accumulates only (no BN, activation or po
 the two independent counters, torch's ``FlopCounterMode`` and fvcore, must agree exactly: a mismatch
 flags an op one of them misses.
 """
-import contextlib
 import platform
 import time
 import warnings
@@ -14,18 +13,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .errors import ConfigError
-
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module):
-    """Eval mode for the duration, then every submodule's own previous mode (they may differ)."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for m, training in modes:
-            m.training = training
+from .errors import ConfigError, is_positive_int
+from .utils import eval_mode
 
 
 def count_params(model: nn.Module) -> int:
@@ -35,7 +24,7 @@ def count_params(model: nn.Module) -> int:
 def count_macs(model: nn.Module, example_input: torch.Tensor) -> int:
     """MACs of one forward pass on ``example_input`` (its batch size included)."""
     counter = FlopCounterMode(display=False)
-    with _eval_mode(model), torch.no_grad(), counter:
+    with eval_mode(model), torch.no_grad(), counter:
         model(example_input)
     return int(counter.get_total_flops()) // 2
 
@@ -52,7 +41,7 @@ def count_macs_fvcore(model: nn.Module, example_input: torch.Tensor) -> int:
                "aten::addmm": h.addmm_flop_jit, "aten::mm": h.matmul_flop_jit,
                "aten::matmul": h.matmul_flop_jit, "aten::bmm": h.bmm_flop_jit,
                "aten::einsum": h.einsum_flop_jit}
-    with _eval_mode(model), torch.no_grad(), warnings.catch_warnings():
+    with eval_mode(model), torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer and deprecation chatter, not about the count
         analysis = (FlopCountAnalysis(model, example_input)
                     .clear_op_handles().set_op_handle(**mac_ops)
@@ -97,7 +86,7 @@ def measure_latency(model: nn.Module, example_input: torch.Tensor, device="cpu",
     try:
         model.to(device)
         torch.backends.cudnn.benchmark = cuda or benchmark
-        with _eval_mode(model), torch.inference_mode():
+        with eval_mode(model), torch.inference_mode():
             for _ in range(warmup):
                 model(x)
             for _ in range(iters):
@@ -131,7 +120,7 @@ def measure(model: nn.Module, input_shape: tuple, latency_batches=(1, 256), devi
     ``warmup``/``iters`` go to ``measure_latency`` (smaller values only for smoke tests).
     """
     shape = tuple(input_shape)
-    if not shape or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in shape):
+    if not shape or not all(map(is_positive_int, shape)):
         raise ConfigError(f"input_shape must be a tuple of positive integers such as (3, 32, 32), "
                           f"got {input_shape!r}")
     param = next(model.parameters(), torch.empty(0))

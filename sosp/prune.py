@@ -19,8 +19,9 @@ import torch
 import torch.nn as nn
 
 from . import measure, saliency
-from .errors import ConfigError, UnknownNameError, UnsupportedModelError
+from .errors import ConfigError, UnknownNameError, UnsupportedModelError, check_positive_int
 from .structures import ChannelGroup, channel_groups, dependency_graph
+from .utils import eval_mode
 
 TARGETS = ("structures", "macs", "params")
 NORMALIZE = ("none", "cost")
@@ -41,8 +42,7 @@ def check_ratio(ratio: float) -> float:
 
 def check_floor(min_channels: int = 1, min_fraction: float = 0.0) -> tuple[int, float]:
     """``(min_channels, min_fraction)`` validated: an integer >= 1 and a fraction in [0, 1)."""
-    if isinstance(min_channels, bool) or not isinstance(min_channels, int) or min_channels < 1:
-        raise ConfigError(f"min_channels must be an integer >= 1, got {min_channels!r}")
+    check_positive_int("min_channels", min_channels)
     if isinstance(min_fraction, bool) or not isinstance(min_fraction, (int, float)) or not 0.0 <= min_fraction < 1.0:
         raise ConfigError(f"min_fraction must be a fraction in [0, 1), got {min_fraction!r}")
     return min_channels, float(min_fraction)
@@ -132,13 +132,8 @@ def _macs_per_module(model: nn.Module, example_input: torch.Tensor) -> dict[str,
     """MACs of each named module (FlopCounterMode's per-module FLOPs / 2) at batch size 1."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            model(example_input[:1])
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(example_input[:1])
     per_module = {}
     for key, ops in counter.get_flop_counts().items():
         if "." in key:  # keys are "<RootClass>.<qualified name>"

@@ -20,6 +20,7 @@ import torch.nn as nn
 from . import curvature
 from .errors import ConfigError, SospError, UnknownNameError
 from .structures import ChannelGroup, split_flat, total_structures
+from .utils import progress
 
 METHODS: dict[str, Callable] = {}
 _BASELINE_MODULES = ("baselines.random", "baselines.magnitude", "baselines.taylor", "baselines.eigendamage")
@@ -86,12 +87,14 @@ def score(method_name: str, model: nn.Module, groups: Sequence[ChannelGroup], ba
 
     ``batches`` yields ``(x, y)``; at most ``num_samples`` samples are used (all if None). Unknown
     options raise :class:`ConfigError` naming the option and the valid ones. ``timings``, if given,
-    receives the seconds spent (key ``saliency_seconds``).
+    receives the seconds spent (key ``saliency_seconds``). On a terminal a bar counts the batches
+    the method reads (:func:`sosp.utils.progress`).
     """
     fn = method(method_name)
     check_options(method_name, fn, options)
     start = time.perf_counter()
-    scores = fn(model, groups, limit_samples(batches, num_samples), **options)
+    with progress(limit_samples(batches, num_samples), f"scoring {method_name}", unit=" batch") as counted:
+        scores = fn(model, groups, counted, **options)
     if timings is not None:
         timings["saliency_seconds"] = time.perf_counter() - start
     scores = [s.detach().to("cpu", torch.float64) for s in scores]

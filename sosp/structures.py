@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 
 from .errors import UnsupportedModelError
+from .utils import eval_mode
 
 
 def _import_torch_pruning():
@@ -107,21 +108,13 @@ def classifier_name(model: nn.Module, example_input: torch.Tensor) -> str:
 
 
 def _eval_forward(model: nn.Module, x: torch.Tensor):
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         return model(x)
-    finally:
-        model.train(was_training)
 
 
 def dependency_graph(model: nn.Module, example_input: torch.Tensor) -> tp.DependencyGraph:
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         return tp.DependencyGraph().build_dependency(model, example_inputs=example_input)
-    finally:
-        model.train(was_training)
 
 
 def channel_groups(model: nn.Module, example_input: torch.Tensor,

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from torch import nn
 from .data import DataBundle, Split, batches
 from .errors import ConfigError, TrainingDivergedError
 from .io import write_atomic
+from .utils import eval_mode, progress as progress_bar
 
 __all__ = ["TrainConfig", "DEFAULT_DIGITS_CONFIG", "train", "evaluate", "seed_everything"]
 
@@ -149,7 +149,8 @@ def train(model: nn.Module, data: DataBundle, config: TrainConfig, *, seed: int,
     History: per epoch ``epoch`` (1-based), ``train_loss``, ``val_top1`` (None without a validation
     split), ``lr`` (at the epoch's first step) and ``seconds``. With ``checkpoint_dir``,
     ``last.pt`` is written atomically after every epoch and a run finding one resumes from it (it must
-    have been written with the same config and seed). ``log`` receives each epoch's record. The
+    have been written with the same config and seed). ``log`` receives each epoch's record;
+    ``progress`` shows a bar of each epoch's steps on a terminal (:func:`sosp.utils.progress`). The
     final-epoch model is kept; the test split is never touched here.
     """
     device = torch.device(device)
@@ -183,14 +184,13 @@ def train(model: nn.Module, data: DataBundle, config: TrainConfig, *, seed: int,
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, history = state["epoch"], state["history"]
 
-    show = progress and sys.stderr.isatty()
     for epoch in range(start_epoch, config.epochs):
         t0 = time.perf_counter()
         torch.manual_seed(_epoch_seed(seed, epoch, 1))  # dropout and any other global draws
         generator = torch.Generator().manual_seed(_epoch_seed(seed, epoch, 0))  # order + augmentation
         lr0 = optimizer.param_groups[0]["lr"]
         loss_sum = _train_epoch(model, train_split, data, config, optimizer, scheduler, generator, device,
-                                drop_last, steps, epoch, show)
+                                drop_last, steps, epoch, progress)
         val = evaluate(model, val_split, batch_size=max(512, config.batch_size), device=device)["top1"] \
             if len(val_split) else None
         record = {"epoch": epoch + 1, "train_loss": loss_sum / steps, "val_top1": val, "lr": lr0,
@@ -212,14 +212,11 @@ def train(model: nn.Module, data: DataBundle, config: TrainConfig, *, seed: int,
 def _train_epoch(model, split: Split, data: DataBundle, config: TrainConfig, optimizer, scheduler, generator,
                  device, drop_last: bool, steps: int, epoch: int, show: bool) -> float:
     """One epoch of SGD; returns the summed batch losses. Checks finiteness every few steps."""
-    from tqdm.auto import tqdm
-
     cuda = device.type == "cuda"
     model.train()
     pending: list[torch.Tensor] = []
     first_pending, loss_sum = 0, 0.0
-    bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, disable=not show,
-               dynamic_ncols=True)
+    bar = progress_bar(desc=f"epoch {epoch + 1}/{config.epochs}", total=steps, enabled=show, unit=" step")
 
     def check(step: int) -> None:  # ``step`` = number of steps done
         nonlocal pending, first_pending, loss_sum
@@ -263,12 +260,10 @@ def _train_epoch(model, split: Split, data: DataBundle, config: TrainConfig, opt
 def evaluate(model: nn.Module, split: Split, *, batch_size: int = 512, device="cpu") -> dict[str, float]:
     """Top-1, top-k (k = min(5, classes)) accuracy as fractions in [0, 1] and mean cross-entropy, in
     eval mode; the model's train/eval mode is restored afterwards. An empty split gives NaNs."""
-    was_training = model.training
-    model.eval()
     model.to(device)
     correct1 = correct5 = total = 0
     loss_sum = 0.0
-    try:
+    with eval_mode(model):
         for x, y in batches(split, batch_size, device=device):
             out = model(x).float()
             k = min(5, out.shape[1])
@@ -278,8 +273,6 @@ def evaluate(model: nn.Module, split: Split, *, batch_size: int = 512, device="c
             correct5 += int(hit.any(1).sum())
             loss_sum += float(F.cross_entropy(out, y, reduction="sum"))
             total += len(y)
-    finally:
-        model.train(was_training)
     if total == 0:
         return {"top1": math.nan, "top5": math.nan, "loss": math.nan}
     return {"top1": correct1 / total, "top5": correct5 / total, "loss": loss_sum / total}

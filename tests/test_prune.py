@@ -98,13 +98,20 @@ def test_cost_normalisation_changes_the_ranking_by_cost():
     groups = structures.channel_groups(model, x)
     costs = prune.cost_per_structure(model, groups, x)
     assert all((c > 0).all() for c in costs)
-    ones = [torch.ones(g.size) for g in groups]
-    result = prune.prune(model, groups, ones, ratio=0.2, normalize="cost")
-    # equal saliency: the most expensive channels go first
-    cheapest_removed = min(costs[i][0].item() for i, g in enumerate(groups) if g.name in result.removed)
-    most_expensive_kept = max(costs[i][0].item() for i, g in enumerate(groups)
-                              if len(result.removed.get(g.name, [])) < g.size - 1)
-    assert cheapest_removed >= most_expensive_kept - 1e-9 or len(result.removed) == len(groups)
+    cost = {g.name: c[0].item() for g, c in zip(groups, costs)}
+    assert len(set(cost.values())) == len(groups), "distinct group costs make the ranking testable"
+    # saliency sqrt(cost): ranked as it is, the cheapest channels go first; divided by the cost
+    # (1 / sqrt(cost)), the most expensive go first
+    scores = [c.sqrt() for c in costs]
+    plain = prune.prune(model, groups, scores, ratio=0.2)
+    by_cost = prune.prune(model, groups, scores, ratio=0.2, normalize="cost")
+
+    def could_lose_more(result):  # groups above the floor (min_channels=1) after the cut
+        return [cost[g.name] for g in groups if len(result.removed.get(g.name, [])) < g.size - 1]
+
+    assert max(cost[name] for name in plain.removed) <= min(could_lose_more(plain))
+    assert min(cost[name] for name in by_cost.removed) >= max(could_lose_more(by_cost))
+    assert set(plain.removed).isdisjoint(by_cost.removed)
 
 
 def test_run_records_scores_timings_and_layers():

@@ -11,7 +11,7 @@ from typing import Callable
 
 from torch import nn
 
-from ..errors import ConfigError, UnknownNameError
+from ..errors import ConfigError, UnknownNameError, check_positive_int
 from .cifar_resnet import CifarResNet, PadShortcut, cifar_resnet
 from .cifar_vgg import CifarVGG, HalvingMaxPool2d, cifar_vgg
 from .zoo import ZOOS
@@ -46,10 +46,8 @@ def _builder(name: str) -> Callable[..., nn.Module]:
 
 def create(name: str, num_classes: int, in_channels: int = 3, **options) -> nn.Module:
     """Build model ``name`` (random init) with ``num_classes`` outputs reading ``in_channels`` inputs."""
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ConfigError(f"num_classes must be a positive integer, got {num_classes!r}")
-    if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
-        raise ConfigError(f"in_channels must be a positive integer, got {in_channels!r}")
+    check_positive_int("num_classes", num_classes)
+    check_positive_int("in_channels", in_channels)
     builder = _builder(name)
     if isinstance(builder, functools.partial) and builder.func in (cifar_resnet, cifar_vgg):
         accepted = set(inspect.signature(builder.func).parameters) - {"depth", "num_classes", "in_channels"}

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, check_positive_int
 
 STAGES = ("stage1", "stage2", "stage3")
 DEFAULT_STAGE_WIDTHS = (16, 32, 64)
@@ -81,16 +81,13 @@ def resolve_widths(default: dict, widths: dict | None, width_multiplier: float) 
     for key, value in (widths or {}).items():
         if key not in spec:
             raise ConfigError(f"unknown width key {key!r}; known: {', '.join(spec)}")
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"width {key!r} must be a positive integer, got {value!r}")
-        spec[key] = value
+        spec[key] = check_positive_int(f"width {key!r}", value)
     return spec
 
 
 def _check_positive(**values):
     for name, value in values.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        check_positive_int(name, value)
 
 
 class WidthMixin:
