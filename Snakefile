@@ -25,14 +25,20 @@ except WorkflowError as _error:
     _cause = _error.__context__
     if not hasattr(_cause, "absolute_path"):
         raise
-    _where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in _cause.absolute_path)
-    raise WorkflowError(f"invalid config: {_where.lstrip('.') or '(top level)'}: {_cause.message}") from None
+    _where = "".join(
+        f"[{p}]" if isinstance(p, int) else f".{p}" for p in _cause.absolute_path
+    )
+    raise WorkflowError(
+        f"invalid config: {_where.lstrip('.') or '(top level)'}: {_cause.message}"
+    ) from None
 
 
 def _check_config(config):
     """Checks across keys that a JSON schema cannot express; the first failure stops the run with one
     line naming the key."""
-    bottleneck, ratios = config["bottleneck"], [float(r) for r in config["prune"]["ratios"]]
+    bottleneck, ratios = config["bottleneck"], [
+        float(r) for r in config["prune"]["ratios"]
+    ]
     dataset = config["dataset"]
     if dataset["name"] in ("imagefolder", "imagenet") and not dataset.get("root"):
         yield "dataset.root", f"the {dataset['name']} data set needs the folder that holds train/ and test/ (or val/)"
@@ -56,9 +62,9 @@ include: "workflow/rules/common.smk"
 
 
 rule all:
+    default_target: True
     input:
         lambda wildcards: TARGETS,
-    default_target: True
 
 
 for _rules in sorted(Path(workflow.basedir, "workflow", "rules").glob("*.smk")):

@@ -15,8 +15,16 @@ rule bottleneck:
         ],
     output:
         f"{R}/bottleneck/{{arch}}.json",
+    log:
+        f"{W}/logs/bottleneck/{{arch}}.log",
+    benchmark:
+        f"{R}/benchmarks/bottleneck/{{arch}}.tsv"
     wildcard_constraints:
         arch=r"[^/+]+",
+    threads: res("bottleneck", "threads")
+    resources:
+        mem_mb=res("bottleneck", "mem_mb"),
+        runtime=res("bottleneck", "runtime"),
     params:
         tier=TIER,
         ratio=ratio_label(BOTTLENECK["ratio"]),
@@ -25,14 +33,6 @@ rule bottleneck:
         level=BOTTLENECK["level"],
         factor=BOTTLENECK["factor"],
         uniform_factor=BOTTLENECK["uniform_factor"],
-    threads: res("bottleneck", "threads")
-    resources:
-        mem_mb=res("bottleneck", "mem_mb"),
-        runtime=res("bottleneck", "runtime"),
-    log:
-        f"{W}/logs/bottleneck/{{arch}}.log",
-    benchmark:
-        f"{R}/benchmarks/bottleneck/{{arch}}.tsv"
     shell:
         "{SOSP} bottleneck --model {input.model} --report {input.records} --ratio {params.ratio} "
         "--selection {params.selection} --value {params.value} --level {params.level} --factor {params.factor} "

@@ -28,13 +28,18 @@ def ratio_label(ratio):
 
 PRUNE = config["prune"]
 # every target the originals are pruned to; the first is the primary one (bottleneck study, widened nets)
-PRUNE_TARGETS = [PRUNE["target"]] if isinstance(PRUNE["target"], str) else list(PRUNE["target"])
+PRUNE_TARGETS = (
+    [PRUNE["target"]] if isinstance(PRUNE["target"], str) else list(PRUNE["target"])
+)
 TARGET = PRUNE_TARGETS[0]
 RATIOS = [ratio_label(r) for r in PRUNE["ratios"]]
 SEEDS = [str(s) for s in config["seeds"]]
 BOTTLENECK = config["bottleneck"]
 BOTTLENECK_ARCHS = list(BOTTLENECK["archs"]) if BOTTLENECK["enabled"] else []
-VARIANTS = ("bottleneck", "uniform")  # widened at the bottlenecks only / every layer uniformly
+VARIANTS = (
+    "bottleneck",
+    "uniform",
+)  # widened at the bottlenecks only / every layer uniformly
 
 
 def net_name(arch, variant=None):
@@ -60,7 +65,11 @@ def net_targets(net):
 def net_methods(net):
     """Pruning methods applied to a net: every method for the originals, `bottleneck.methods` for the
     widened variants."""
-    return list(PRUNE["methods"]) if split_net(net)[1] is None else list(BOTTLENECK["methods"])
+    return (
+        list(PRUNE["methods"])
+        if split_net(net)[1] is None
+        else list(BOTTLENECK["methods"])
+    )
 
 
 wildcard_constraints:
@@ -100,7 +109,9 @@ CORES = _cores()
 
 def timed_threads(rule_name):
     """Threads of a timing job: every core with `measure.exclusive`, else its configured threads."""
-    return max(res(rule_name, "threads"), CORES if config["measure"]["exclusive"] else 1)
+    return max(
+        res(rule_name, "threads"), CORES if config["measure"]["exclusive"] else 1
+    )
 
 
 def quoted_json(obj):
@@ -110,8 +121,11 @@ def quoted_json(obj):
 def data_args():
     """--dataset ... options of every verb (the data set is downloaded once, by rule `data`)."""
     d = config["dataset"]
-    args = [f"--dataset {d['name']}", f"--val-fraction {d.get('val_fraction', 0.1)}",
-            f"--split-seed {d.get('split_seed', 0)}"]
+    args = [
+        f"--dataset {d['name']}",
+        f"--val-fraction {d.get('val_fraction', 0.1)}",
+        f"--split-seed {d.get('split_seed', 0)}",
+    ]
     if d.get("root"):
         args.append(f"--data-root {shlex.quote(str(d['root']))}")
     if d.get("train_subset"):
@@ -135,10 +149,34 @@ def run_stems(net, seed):
     for target in net_targets(net):
         for method in net_methods(net):
             for ratio in RATIOS:
-                keys = dict(net=net, seed=seed, method=method, target=target, ratio=ratio)
+                keys = dict(
+                    net=net, seed=seed, method=method, target=target, ratio=ratio
+                )
                 stems += [PRUNED.format(**keys), FINETUNED.format(**keys)]
     return stems
 
 
-RECORDS = [f"{R}/records/{stem}.json" for net in NETS for seed in SEEDS for stem in run_stems(net, seed)]
+RECORDS = [
+    f"{R}/records/{stem}.json"
+    for net in NETS
+    for seed in SEEDS
+    for stem in run_stems(net, seed)
+]
 BOTTLENECK_ANALYSES = [f"{R}/bottleneck/{arch}.json" for arch in BOTTLENECK_ARCHS]
+
+
+# inputs and options of rule `train` (a widened net reads its widths from the bottleneck analysis)
+def _widths_input(wildcards):
+    arch, variant = split_net(wildcards.net)
+    return {} if variant is None else {"widths": f"{R}/bottleneck/{arch}.json"}
+
+
+def _arch_options(wildcards):
+    arch, variant = split_net(wildcards.net)
+    options = " ".join(
+        f"--arch-option {shlex.quote(f'{k}={json.dumps(v)}')}"
+        for k, v in sorted(config.get("arch_options", {}).get(arch, {}).items())
+    )
+    if variant is not None:
+        options += f" --widths {R}/bottleneck/{arch}.json --variant {variant}"
+    return options

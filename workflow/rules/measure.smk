@@ -5,7 +5,8 @@
 # measure.exclusive they also claim every core, so no other job runs beside a timing.
 
 _latency = (
-    "--latency-batches " + " ".join(map(str, config["measure"]["latency_batches"]))
+    "--latency-batches "
+    + " ".join(map(str, config["measure"]["latency_batches"]))
     + f" --gpu-latency {config['measure']['gpu_latency']}"
     + f" --warmup {config['measure']['warmup']} --iters {config['measure']['iters']}"
     if config["measure"]["latency"]
@@ -17,11 +18,19 @@ _latency = (
 # `bottleneck.methods`, so their (net, seed) jobs produce different sets of records
 for _name, _nets, _methods, _targets in (
     ("measure", r"[^/+]+", PRUNE["methods"], PRUNE_TARGETS),
-    ("measure_widened", r"[^/+]+\+(bottleneck|uniform)", BOTTLENECK["methods"], [TARGET]),
+    (
+        "measure_widened",
+        r"[^/+]+\+(bottleneck|uniform)",
+        BOTTLENECK["methods"],
+        [TARGET],
+    ),
 ):
     _stems = [BASE] + [
         stem.replace("{method}", m).replace("{target}", t).replace("{ratio}", r)
-        for t in _targets for m in _methods for r in RATIOS for stem in (PRUNED, FINETUNED)
+        for t in _targets
+        for m in _methods
+        for r in RATIOS
+        for stem in (PRUNED, FINETUNED)
     ]
 
     rule:
@@ -32,23 +41,23 @@ for _name, _nets, _methods, _targets in (
             records=[f"{W}/records/{stem}.json" for stem in _stems],
         output:
             [f"{R}/records/{stem}.json" for stem in _stems],
+        log:
+            f"{W}/logs/measure/{{net}}/s{{seed}}.log",
+        benchmark:
+            f"{R}/benchmarks/measure/{{net}}/s{{seed}}.tsv"
         wildcard_constraints:
             net=_nets,
-        params:
-            tier=TIER,
-            device=DEVICE,
-            latency=_latency,
-            torch_threads=config["measure"]["threads"],
         threads: timed_threads("measure")
         resources:
             mem_mb=res("measure", "mem_mb"),
             runtime=res("measure", "runtime"),
             gpu=res("measure", "gpu"),
             timed=1 if config["measure"]["latency"] else 0,
-        log:
-            f"{W}/logs/measure/{{net}}/s{{seed}}.log",
-        benchmark:
-            f"{R}/benchmarks/measure/{{net}}/s{{seed}}.tsv"
+        params:
+            tier=TIER,
+            device=DEVICE,
+            latency=_latency,
+            torch_threads=config["measure"]["threads"],
         shell:
             "{SOSP} measure --model {input.models} --record {input.records} {params.latency} "
             "--device {params.device} --threads {params.torch_threads} --tier {params.tier} --out {output} "

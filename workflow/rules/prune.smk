@@ -9,6 +9,16 @@ rule prune:
     output:
         models=expand(f"{W}/models/{PRUNED}.pt", ratio=RATIOS, allow_missing=True),
         records=expand(f"{W}/records/{PRUNED}.json", ratio=RATIOS, allow_missing=True),
+    log:
+        f"{W}/logs/prune/{{net}}/s{{seed}}/{{method}}/{{target}}.log",
+    benchmark:
+        f"{R}/benchmarks/prune/{{net}}/s{{seed}}/{{method}}/{{target}}.tsv"
+    threads: timed_threads("prune") if PRUNE["timed"] else res("prune", "threads")
+    resources:
+        mem_mb=res("prune", "mem_mb"),
+        runtime=res("prune", "runtime"),
+        gpu=res("prune", "gpu"),
+        timed=1 if PRUNE["timed"] else 0,
     params:
         tier=TIER,
         device=DEVICE,
@@ -24,16 +34,6 @@ rule prune:
         samples=PRUNE["samples"],
         score_batch_size=PRUNE["score_batch_size"],
         warmup=PRUNE["warmup_batches"],
-    threads: timed_threads("prune") if PRUNE["timed"] else res("prune", "threads")
-    resources:
-        mem_mb=res("prune", "mem_mb"),
-        runtime=res("prune", "runtime"),
-        gpu=res("prune", "gpu"),
-        timed=1 if PRUNE["timed"] else 0,
-    log:
-        f"{W}/logs/prune/{{net}}/s{{seed}}/{{method}}/{{target}}.log",
-    benchmark:
-        f"{R}/benchmarks/prune/{{net}}/s{{seed}}/{{method}}/{{target}}.tsv"
     shell:
         "{SOSP} prune --model {input.model} --method {wildcards.method} --ratio {params.ratios} "
         "--target {wildcards.target} --min-channels {params.min_channels} --min-fraction {params.min_fraction} "

@@ -5,48 +5,62 @@
 
 REPORT_CFG = config["report"]
 RUNS = f"{R}/runs.csv"
-TABLE_FILES = [f"{R}/tables/{name}.{fmt}" for name in REPORT_CFG["tables"] for fmt in ("md", "tex", "html")]
-FIGURE_FILES = [f"{R}/figures/{name}.{fmt}" for name in REPORT_CFG["figures"] for fmt in REPORT_CFG["formats"]]
+TABLE_FILES = [
+    f"{R}/tables/{name}.{fmt}"
+    for name in REPORT_CFG["tables"]
+    for fmt in ("md", "tex", "html")
+]
+FIGURE_FILES = [
+    f"{R}/figures/{name}.{fmt}"
+    for name in REPORT_CFG["figures"]
+    for fmt in REPORT_CFG["formats"]
+]
 
 
 rule runs:
-    localrule: True
     input:
         RECORDS,
     output:
         report(RUNS, caption="../report/runs.rst", category="Data"),
-    params:
-        out_dir=R,
+    log:
+        f"{W}/logs/report/runs.log",
+    localrule: True
     threads: res("report", "threads")
     resources:
         mem_mb=res("report", "mem_mb"),
         runtime=res("report", "runtime"),
-    log:
-        f"{W}/logs/report/runs.log",
+    params:
+        out_dir=lambda wc, output: Path(output[0]).parent,
     shell:
         "{SOSP} report {input} --out-dir {params.out_dir} --only runs > {log} 2>&1"
 
 
 rule tables:
-    localrule: True
     input:
         RUNS,
     output:
         [
-            report(path, caption=f"../report/table_{Path(path).stem}.rst", category="Tables")
-            if path.endswith(".html")
-            else path
+            (
+                report(
+                    path,
+                    caption=f"../report/table_{Path(path).stem}.rst",
+                    category="Tables",
+                )
+                if path.endswith(".html")
+                else path
+            )
             for path in TABLE_FILES
         ],
-    params:
-        out_dir=R,
-        tables=" ".join(REPORT_CFG["tables"]),
+    log:
+        f"{W}/logs/report/tables.log",
+    localrule: True
     threads: res("report", "threads")
     resources:
         mem_mb=res("report", "mem_mb"),
         runtime=res("report", "runtime"),
-    log:
-        f"{W}/logs/report/tables.log",
+    params:
+        out_dir=lambda wc, output: Path(output[0]).parents[1],
+        tables=" ".join(REPORT_CFG["tables"]),
     shell:
         "{SOSP} report {input} --out-dir {params.out_dir} --only tables --tables {params.tables} > {log} 2>&1"
 
@@ -58,22 +72,29 @@ for _figure in REPORT_CFG["figures"]:
     rule:
         name:
             f"figure_{_figure}"
-        localrule: True
         input:
             runs=RUNS,
             bottleneck=BOTTLENECK_ANALYSES if _figure == "layer_ratios" else [],
         output:
-            [report(f, caption=f"../report/{_figure}.rst", category="Figures") if f == _shown else f for f in _files],
-        params:
-            out_dir=R,
-            figure=_figure,
-            formats=" ".join(REPORT_CFG["formats"]),
+            [
+                (
+                    report(f, caption=f"../report/{_figure}.rst", category="Figures")
+                    if f == _shown
+                    else f
+                )
+                for f in _files
+            ],
+        log:
+            f"{W}/logs/report/figure_{_figure}.log",
+        localrule: True
         threads: res("report", "threads")
         resources:
             mem_mb=res("report", "mem_mb"),
             runtime=res("report", "runtime"),
-        log:
-            f"{W}/logs/report/figure_{_figure}.log",
+        params:
+            out_dir=lambda wc, output: Path(output[0]).parents[1],
+            figure=_figure,
+            formats=" ".join(REPORT_CFG["formats"]),
         shell:
             "{SOSP} report {input.runs} --out-dir {params.out_dir} --only figures --figures {params.figure} "
             "--formats {params.formats} --bottleneck {input.bottleneck} > {log} 2>&1"
@@ -87,7 +108,9 @@ rule figures:
     params:
         records=f"{R}/records",
         out_dir=R,
-        bottleneck=lambda wc: " ".join(p for p in BOTTLENECK_ANALYSES if Path(p).exists()),
+        bottleneck=lambda wc: " ".join(
+            p for p in BOTTLENECK_ANALYSES if Path(p).exists()
+        ),
         tables=" ".join(REPORT_CFG["tables"]),
         figures=" ".join(REPORT_CFG["figures"]),
         formats=" ".join(REPORT_CFG["formats"]),

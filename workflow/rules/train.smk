@@ -6,33 +6,17 @@
 rule data:
     output:
         f"{W}/data.json",
-    params:
-        data=data_args(),
-        download="--download" if config["dataset"].get("download") else "",
+    log:
+        f"{W}/logs/data.log",
     threads: res("data", "threads")
     resources:
         mem_mb=res("data", "mem_mb"),
         runtime=res("data", "runtime"),
-    log:
-        f"{W}/logs/data.log",
+    params:
+        data=data_args(),
+        download="--download" if config["dataset"].get("download") else "",
     shell:
         "{SOSP} data {params.data} {params.download} --out {output} > {log} 2>&1"
-
-
-def _widths_input(wildcards):
-    arch, variant = split_net(wildcards.net)
-    return {} if variant is None else {"widths": f"{R}/bottleneck/{arch}.json"}
-
-
-def _arch_options(wildcards):
-    arch, variant = split_net(wildcards.net)
-    options = " ".join(
-        f"--arch-option {shlex.quote(f'{k}={json.dumps(v)}')}"
-        for k, v in sorted(config.get("arch_options", {}).get(arch, {}).items())
-    )
-    if variant is not None:
-        options += f" --widths {R}/bottleneck/{arch}.json --variant {variant}"
-    return options
 
 
 rule train:
@@ -42,6 +26,15 @@ rule train:
     output:
         model=f"{W}/models/{BASE}.pt",
         record=f"{W}/records/{BASE}.json",
+    log:
+        f"{W}/logs/train/{BASE}.log",
+    benchmark:
+        f"{R}/benchmarks/train/{BASE}.tsv"
+    threads: res("train", "threads")
+    resources:
+        mem_mb=res("train", "mem_mb"),
+        runtime=res("train", "runtime"),
+        gpu=res("train", "gpu"),
     params:
         tier=TIER,
         device=DEVICE,
@@ -50,15 +43,6 @@ rule train:
         arch=lambda wc: split_net(wc.net)[0],
         arch_options=_arch_options,
         checkpoints=lambda wc: f"{W}/checkpoints/{BASE.format(**wc)}",
-    threads: res("train", "threads")
-    resources:
-        mem_mb=res("train", "mem_mb"),
-        runtime=res("train", "runtime"),
-        gpu=res("train", "gpu"),
-    log:
-        f"{W}/logs/train/{BASE}.log",
-    benchmark:
-        f"{R}/benchmarks/train/{BASE}.tsv"
     shell:
         "{SOSP} train --arch {params.arch} {params.arch_options} --seed {wildcards.seed} {params.data} "
         "--train-config {params.recipe} --checkpoint-dir {params.checkpoints} --tier {params.tier} "
