@@ -52,6 +52,19 @@ def _check_config(config):
                 yield f"bottleneck.archs[{i}]", f"{arch!r} has no width keys (a CIFAR resnet<6n+2> or vgg<11|13|16|19> is needed)"
         if float(bottleneck["ratio"]) not in ratios:
             yield "bottleneck.ratio", f"{bottleneck['ratio']} is not one of prune.ratios {config['prune']['ratios']}"
+    if config["prune"]["options"]:  # each method's declared options (this imports the methods, and torch)
+        from sosp import methods
+        from sosp.errors import SospError
+
+        for method, options in config["prune"]["options"].items():
+            if method not in methods.METHODS:
+                yield f"prune.options.{method}", f"unknown pruning method {method!r}; known: {', '.join(methods.names())}"
+                continue
+            for key, value in options.items():
+                try:
+                    methods.get(method).option(key).check(value)
+                except SospError as error:
+                    yield f"prune.options.{method}.{key}", str(error)
 
 
 for _key, _message in _check_config(config):

@@ -3,7 +3,7 @@
 Sections, each writing its CSV as soon as it is done so that a time-out keeps what finished:
 
 1. ``gpu_scoring.csv``: the scoring benchmark of ``benchmarks/scoring.py`` on CUDA: every method of
-   :data:`sosp.saliency.METHODS` (SOSP-H per ``combine`` and with ``curvature=hessian``, SOSP-I where
+   :data:`sosp.methods.METHODS` (SOSP-H per ``combine`` and with ``curvature=hessian``, SOSP-I where
    its memory check passes) and the EigenDamage factor pass, time per batch of 128 at CIFAR shape and
    its ratio to Taylor measured side by side (device synchronised around every call), and peak
    memory (``torch.cuda.max_memory_allocated``) on resnet20/56/110 and vgg16.

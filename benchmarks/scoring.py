@@ -3,15 +3,15 @@
 What is timed, per model (CIFAR shape: 3x32x32 inputs, 10 classes, one batch of ``--batch-size``
 random images and labels; the values do not change the cost):
 
-- every method of :data:`sosp.saliency.METHODS`, called through :func:`sosp.saliency.score` on that
+- every saliency method of :data:`sosp.methods.METHODS`, called through :func:`sosp.saliency.score` on that
   one batch, i.e. exactly what ``sosp prune`` runs per calibration batch (plus the per-call
   conversion of the scores to float64); SOSP-H once per ``combine`` (``separate``, ``joint``,
   ``second_order``) and once with ``curvature=hessian``; SOSP-I only on ``--sosp-i-models`` and only
-  where its own memory check (:func:`sosp.saliency.check_pairwise_memory`) passes. ``random`` and
+  where its own memory check (:func:`sosp.methods.sosp_i.check_pairwise_memory`) passes. ``random`` and
   ``magnitude`` do not read the batch: their time is per call.
-- EigenDamage's scoring part, the K-FAC factor pass :func:`baselines.eigendamage.kfac_factors` on the
+- EigenDamage's scoring part, the K-FAC factor pass :func:`sosp.methods.fisher.kfac_factors` on the
   batch (row ``eigendamage[part=factors]``), and the same plus the per-layer eigendecompositions and
-  eigenbasis importances, :func:`baselines.eigendamage.score_layers` (row
+  eigenbasis importances, :func:`sosp.methods.eigendamage.score_layers` (row
   ``eigendamage[part=factors+eigh]``; the eigendecompositions are paid once per scoring run, not per
   batch).
 
@@ -49,6 +49,8 @@ import torch.nn as nn  # noqa: E402
 
 from benchmarks import common  # noqa: E402
 from sosp import measure, models, saliency  # noqa: E402
+from sosp.methods import names as method_names  # noqa: E402
+from sosp.methods.sosp_i import check_pairwise_memory  # noqa: E402
 from sosp.errors import SospError  # noqa: E402
 from sosp.structures import channel_groups, total_structures  # noqa: E402
 
@@ -129,8 +131,7 @@ class Case:
 
 def method_entries(case: Case, sosp_i: bool, methods: list[str] | None = None) -> list[dict]:
     """``[{label, method, options, reads_batches, fn | skip}]`` for every method variant on ``case``."""
-    saliency._load_baselines()
-    names = sorted(saliency.METHODS) if methods is None else methods
+    names = method_names("saliency") if methods is None else methods
     if REFERENCE in names:  # the reference first: the rotation order starts from it
         names = [REFERENCE] + [n for n in names if n != REFERENCE]
     entries = []
@@ -142,7 +143,7 @@ def method_entries(case: Case, sosp_i: bool, methods: list[str] | None = None) -
                 entry["skip"] = None if sosp_i else "not in --sosp-i-models"
                 if sosp_i:
                     try:
-                        saliency.check_pairwise_memory(case.S, next(case.model.parameters()).dtype)
+                        check_pairwise_memory(case.S, next(case.model.parameters()).dtype)
                     except SospError as err:
                         entry["skip"] = f"memory check: {err}"
             entry["fn"] = (lambda name=name, options=options:
@@ -155,7 +156,7 @@ def method_entries(case: Case, sosp_i: bool, methods: list[str] | None = None) -
 
 def eigendamage_entries(case: Case) -> list[dict]:
     try:
-        from baselines import eigendamage as ed
+        from sosp.methods import eigendamage as ed
     except ImportError as err:
         return [{"label": "eigendamage", "method": "eigendamage", "options": {}, "reads_batches": True,
                  "skip": f"import failed: {err}", "fn": None}]

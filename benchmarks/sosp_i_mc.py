@@ -1,7 +1,7 @@
 """SOSP-I Monte-Carlo noise: how far the ``mc`` estimator's saliency ranking is from ``exact``'s.
 
 SOSP-I scores ``lambda_s = |g_s| + 1/2 sum_s' |G_ss'|``. The ``mc`` estimator
-(:func:`sosp.saliency.sosp_i_terms`, ``estimator="mc"``, ``mc_samples=K``) replaces the Gauss-Newton
+(:func:`sosp.methods.sosp_i.sosp_i_terms`, ``estimator="mc"``, ``mc_samples=K``) replaces the Gauss-Newton
 matrix ``G = (1/N) sum_n J_n^T Lambda_n J_n`` by ``(1/(NK)) sum_{n,k} v_nk v_nk^T`` with ``v_nk`` the
 per-sample gate gradient for a label drawn from the model's softmax. Each entry is unbiased, but
 ``|.|`` of a noisy entry is biased upward by about its noise (``~ sigma_ss' / sqrt(NK)`` where
@@ -38,7 +38,7 @@ the overlap ``|B_mc & B_exact| / |B_exact|`` of the bottom-30% and bottom-50% se
 first: what a global pruning step removes); the same two after dividing by the MACs each structure
 frees (``normalize: cost``, :func:`sosp.prune.cost_per_structure`; the ImageNet tier's setting);
 ``abs_sum_inflation = sum_{s != s'} |G^mc_ss'| / sum_{s != s'} |G_ss'| - 1`` (the noise floor
-itself, relative to the off-diagonal mass); and the wall time of :func:`sosp.saliency.sosp_i_terms`
+itself, relative to the off-diagonal mass); and the wall time of :func:`sosp.methods.sosp_i.sosp_i_terms`
 (``seconds``).
 
 Output: ``--out-dir``/``sosp_i_mc.csv`` (one row per model, N, estimator, K, seed, variant and
@@ -63,6 +63,7 @@ from scipy.stats import spearmanr  # noqa: E402
 
 from benchmarks import common  # noqa: E402
 from sosp import data, models, prune, saliency, train  # noqa: E402
+from sosp.methods.sosp_i import sosp_i_terms  # noqa: E402
 from sosp.structures import channel_groups, classifier_name, total_structures  # noqa: E402
 
 VARIANTS = ("sosp_i", "offdiag", "diag", "row_sum")
@@ -244,10 +245,10 @@ def run_case(arch, model, top1, bundle, groups, cost, n, ks, seeds, subset_sizes
 
     def terms(**options):
         start = time.perf_counter()
-        t = saliency.sosp_i_terms(model, groups, batches(), **options)
+        t = sosp_i_terms(model, groups, batches(), **options)
         return t, time.perf_counter() - start
 
-    saliency.sosp_i_terms(model, groups, batches(), estimator="mc", mc_samples=1)  # warm-up (untimed)
+    sosp_i_terms(model, groups, batches(), estimator="mc", mc_samples=1)  # warm-up (untimed)
     exact, exact_seconds = terms(estimator="exact")
     g_ex, G_ex = exact["g"].cpu(), exact["G"].cpu()
     sizes = [s for s in subset_sizes if s < S] + [S]

@@ -2,7 +2,7 @@
 from importlib import import_module
 
 __version__ = "0.1.0"
-_SUBMODULES = ("models", "data", "train", "structures", "curvature", "saliency", "prune",
+_SUBMODULES = ("models", "data", "train", "structures", "curvature", "methods", "saliency", "prune",
                "bottleneck", "measure", "results", "plots", "io", "errors", "utils")
 
 

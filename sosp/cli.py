@@ -40,6 +40,17 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog.removeprefix(PROG).strip() + ': ' if self.prog != PROG else ''}{message}"
                          f" (see '{self.prog} --help')")
 
+    def format_help(self) -> str:
+        if callable(self.epilog):  # built when the help is shown (listing the methods imports torch)
+            self.epilog = self.epilog()
+        return super().format_help()
+
+
+def _methods_help() -> str:
+    from . import methods  # when the help is shown: the methods import torch
+
+    return methods.describe()
+
 
 def _ratio(text: str) -> float:
     try:
@@ -84,11 +95,16 @@ def _parse_value(text: str) -> Any:
     return text
 
 
-def _key_value(text: str) -> tuple[str, Any]:
+def _key_text(text: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
         raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
-    return key.strip().replace("-", "_"), _parse_value(value)
+    return key.strip().replace("-", "_"), value
+
+
+def _key_value(text: str) -> tuple[str, Any]:
+    key, value = _key_text(text)
+    return key, _parse_value(value)
 
 
 def _load_mapping(text: str, what: str) -> dict:
@@ -195,10 +211,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval(p)
 
     p = sub.add_parser("prune", help="score and prune a model once; write it and its record",
-                       description="Score structures on calibration data (training split, no augmentation), "
-                                   "prune, evaluate the one-shot pruned model, write it and its record.")
+                       description="Score structures on calibration data (training split, no augmentation),\n"
+                                   "prune, evaluate the one-shot pruned model, write it and its record.",
+                       epilog=_methods_help, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="model file to prune (from `sosp train`)")
-    p.add_argument("--method", required=True, help="pruning method (sosp.prune.METHODS)")
+    p.add_argument("--method", required=True, help="pruning method (sosp.methods; listed below)")
     p.add_argument("--ratio", required=True, type=_ratio, nargs="+",
                    help="pruning ratio(s) in [0, 1); with several, the saliencies are computed once and "
                         "each ratio gets its own --out/--record (in the same order)")
@@ -211,8 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--normalize", default="none", choices=("none", "cost"),
                    help="divide saliencies by the MACs they free (default none; applied only to methods "
                         "whose scores are on a global scale: not random, layer-wise magnitude or EigenDamage)")
-    p.add_argument("--option", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
-                   help="method option (repeatable), e.g. combine=joint")
+    p.add_argument("--option", type=_key_text, action="append", default=[], metavar="KEY=VALUE",
+                   help="method option (repeatable), e.g. combine=joint; checked against the method's "
+                        "declared options (listed below)")
     p.add_argument("--samples", type=_positive_int, default=1024,
                    help="calibration samples used for scoring (default 1024)")
     p.add_argument("--score-batch-size", type=_positive_int, default=128,
@@ -538,7 +556,7 @@ def cmd_train(args) -> None:
 def cmd_prune(args) -> None:
     import torch
 
-    from . import data, prune, results
+    from . import data, methods, prune, results
 
     if args.warmup_batches < 0:
         raise ConfigError(f"--warmup-batches must be >= 0, got {args.warmup_batches}")
@@ -549,11 +567,8 @@ def cmd_prune(args) -> None:
     base = _base_record(meta, args)
     data_opts = _data_options(args, meta)
     seed = base.get("seed", 0) if args.seed is None else args.seed
-    options = dict(args.option)
-    if args.method not in prune.METHODS:  # fail before loading data
-        from .errors import UnknownNameError
-
-        raise UnknownNameError("pruning method", args.method, list(prune.METHODS))
+    method = methods.get(args.method)  # an unknown method or option fails before the data is loaded
+    options = method.parse(args.option)
     bundle = _load_data(data_opts, args.download)
     example = bundle.example_input[:1].to(args.device)
     model.to(args.device)
@@ -575,12 +590,13 @@ def cmd_prune(args) -> None:
              f"{report['params_before']:,} -> {report['params_after']:,}, MACs {report['macs_before']:,} -> "
              f"{report['macs_after']:,} ({report['prune_seconds']:.1f} s)")
         fields = _evaluate(pruned, bundle, args)
-        details = {k: v for k, v in report.items() if k not in ("scores", "options")}
+        details = {k: v for k, v in report.items() if k not in ("scores", "options", "resolved_options")}
         record = results.make_record(
             "pruned", **{k: base.get(k) for k in ("tier", "dataset", "arch", "variant")}, seed=seed,
             method=args.method, ratio=ratio, target=args.target, method_options=options,
             samples=min(args.samples, len(bundle.train)), train_epochs=base.get("train_epochs"), finetune_epochs=0,
-            **results.prune_fields(report), **fields, details={"prune_report": details})
+            **results.prune_fields(report), **fields,
+            details={"method_options_resolved": report["resolved_options"], "prune_report": details})
         new_meta = {**meta, "record": {k: v for k, v in record.items() if k != "details"}, "data": data_opts,
                     "removed": result.removed, "scores": report.get("scores")}
         _save(out, pruned, new_meta, record, record_path)

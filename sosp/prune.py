@@ -8,7 +8,6 @@ the number of removed structures with exact counts of the pruned model. Surgery 
 from __future__ import annotations
 
 import copy
-import inspect
 import itertools
 import math
 import time
@@ -19,7 +18,7 @@ import torch
 import torch.nn as nn
 
 from . import measure, saliency
-from .errors import ConfigError, UnknownNameError, UnsupportedModelError, check_positive_int
+from .errors import ConfigError, UnsupportedModelError, check_positive_int
 from .structures import ChannelGroup, channel_groups, dependency_graph
 from .utils import eval_mode
 
@@ -147,7 +146,8 @@ def _channels(module: nn.Module, out: bool) -> int:
     return module.out_channels if out else module.in_channels
 
 
-def _count(model: nn.Module, example_input: torch.Tensor, target: str) -> int:
+def target_cost(model: nn.Module, example_input: torch.Tensor, target: str) -> int:
+    """The model's params (``target="params"``) or MACs at batch size 1 (otherwise)."""
     return measure.count_params(model) if target == "params" else measure.count_macs(model, example_input)
 
 
@@ -191,32 +191,41 @@ def prune(model: nn.Module, groups: Sequence[ChannelGroup], scores: Sequence[tor
     return PruneResult(model=pruned, removed=removed, report=report)
 
 
-def _search_cost_target(model, groups, order, ratio, target, example_input):
-    """Smallest ``k`` whose pruned model has at most ``(1 - ratio)`` of the base cost."""
-    base = _count(model, example_input, target)
-    goal = (1.0 - ratio) * base
-    cache: dict[int, tuple[dict, nn.Module, int]] = {}
-
-    def evaluate(k: int):
-        if k not in cache:
-            removed = as_removed(groups, order[:k])
-            pruned = remove_channels(model, groups, removed, example_input)
-            cache[k] = (removed, pruned, _count(pruned, example_input, target))
-        return cache[k]
-
-    lo, hi = 0, len(order)
-    if evaluate(hi)[2] > goal:
-        raise ConfigError(
-            f"ratio {ratio} of {target} cannot be reached: removing every removable structure leaves "
-            f"{evaluate(hi)[2] / base:.3f} of the base {target}")
+def search_cost_target(evaluate: Callable[[int], float], n: int, goal: float) -> int | None:
+    """Smallest ``k`` in ``[0, n]`` with ``evaluate(k) <= goal``, by binary search (``evaluate``, the
+    cost after removing the first ``k`` of ``n`` ranked structures, falls as ``k`` grows); ``None``
+    when even ``evaluate(n)`` exceeds ``goal``. ``evaluate(n)`` is called first."""
+    if evaluate(n) > goal:
+        return None
+    lo, hi = 0, n
     while lo < hi:
         mid = (lo + hi) // 2
-        if evaluate(mid)[2] <= goal:
+        if evaluate(mid) <= goal:
             hi = mid
         else:
             lo = mid + 1
-    removed, pruned, _ = evaluate(lo)
-    return lo, removed, pruned
+    return lo
+
+
+def _search_cost_target(model, groups, order, ratio, target, example_input):
+    """Smallest ``k`` whose pruned model has at most ``(1 - ratio)`` of the base cost."""
+    base = target_cost(model, example_input, target)
+    cache: dict[int, tuple[dict, nn.Module, int]] = {}
+
+    def evaluate(k: int) -> int:
+        if k not in cache:
+            removed = as_removed(groups, order[:k])
+            pruned = remove_channels(model, groups, removed, example_input)
+            cache[k] = (removed, pruned, target_cost(pruned, example_input, target))
+        return cache[k][2]
+
+    k = search_cost_target(evaluate, len(order), (1.0 - ratio) * base)
+    if k is None:
+        raise ConfigError(
+            f"ratio {ratio} of {target} cannot be reached: removing every removable structure leaves "
+            f"{evaluate(len(order)) / base:.3f} of the base {target}")
+    removed, pruned, _ = cache[k]
+    return k, removed, pruned
 
 
 def describe(base: nn.Module, pruned: nn.Module, groups: Sequence[ChannelGroup],
@@ -242,45 +251,15 @@ def describe(base: nn.Module, pruned: nn.Module, groups: Sequence[ChannelGroup],
 
 
 # ---------------------------------------------------------------------------------------------
-# Every pruning method by name: channel-saliency methods share selection and surgery; methods with
-# their own surgery (EigenDamage) register a whole pruning function.
-
-PRUNERS: dict[str, Callable] = {}
-PRUNER_POLICIES: dict[str, saliency.SelectionPolicy] = {}
+# Running a method of sosp.methods by name (imported where used: its pruners import this module)
 
 
-def register_pruner(name: str, *, cost_normalizable: bool = False, min_fraction: float = 0.0):
-    """Decorator: a whole pruning function ``fn(model, batches, ratio, *, example_input, target,
-    num_samples, seed, [min_channels, min_fraction,] **options) -> PruneResult`` under ``name``.
-    It does its own selection, so ``normalize="cost"`` is not applied unless it says so."""
-    def decorate(fn: Callable) -> Callable:
-        PRUNERS[name] = fn
-        PRUNER_POLICIES[name] = saliency.SelectionPolicy(cost_normalizable, min_fraction)
-        return fn
-    return decorate
+def __getattr__(name: str):
+    if name == "METHODS":  # every method by name: sosp.methods.METHODS
+        from . import methods
 
-
-class _MethodNames:
-    """``METHODS``: a live view of every registered name (channel methods plus whole pruners)."""
-
-    def _names(self) -> list[str]:
-        saliency._load_baselines()
-        return sorted(set(saliency.METHODS) | set(PRUNERS))
-
-    def __iter__(self):
-        return iter(self._names())
-
-    def __contains__(self, name) -> bool:
-        return name in self._names()
-
-    def __len__(self) -> int:
-        return len(self._names())
-
-    def __repr__(self) -> str:
-        return repr(self._names())
-
-
-METHODS = _MethodNames()
+        return methods.METHODS
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def effective_selection(method: str, options: dict, min_channels: int = 1, min_fraction: float = 0.0,
@@ -289,13 +268,16 @@ def effective_selection(method: str, options: dict, min_channels: int = 1, min_f
     of the configured ``min_fraction`` and the method's own (EigenDamage and C-OBD keep 5 % per layer,
     as their authors' code); ``normalize="cost"`` only where the method's scores are on a scale that
     cost can divide (not ``random``, not layer-wise ``magnitude``, not whole pruners), else ``none``."""
+    from . import methods
+
     if normalize not in NORMALIZE:
         raise ConfigError(f"normalize must be one of {', '.join(NORMALIZE)}, got {normalize!r}")
     min_channels, min_fraction = check_floor(min_channels, min_fraction)
-    policy = PRUNER_POLICIES[method] if method in PRUNERS else saliency.policy(method)
+    entry = methods.get(method)
+    policy = entry.policy
     return {"min_channels": min_channels,
             "min_fraction": max(min_fraction, policy.min_fraction),
-            "normalize": normalize if policy.normalizable(options) else "none"}
+            "normalize": normalize if policy.normalizable(entry.resolve(options)) else "none"}
 
 
 def run(method: str, model: nn.Module, batches: Iterable, ratio: float, *, example_input: torch.Tensor,
@@ -315,41 +297,40 @@ def run_ratios(method: str, model: nn.Module, make_batches: Callable[[], Iterabl
                **options) -> list[PruneResult]:
     """:func:`run` at several ratios. A channel-saliency method scores once (saliencies do not depend
     on the ratio) and selects per ratio; ``prune_seconds`` of each result is the shared scoring time
-    plus its own selection and surgery. Whole pruners (``PRUNERS``) run once per ratio, each on fresh
-    batches from ``make_batches()``. The selection settings are those of :func:`effective_selection`,
-    and each report records them.
+    plus its own selection and surgery. Whole pruners (kind ``pruner``) run once per ratio, each on
+    fresh batches from ``make_batches()``. The selection settings are those of
+    :func:`effective_selection`, and each report records them, the options given (``options``; a
+    saliency method's ``seed`` option defaults to the run's ``seed``) and every option the method ran
+    with (``resolved_options``: the given ones and the declared defaults).
 
     ``warmup_batches``: untimed scoring passes on that many batches before the timed one (channel
     methods), so one-off costs (lazy imports, first-call allocations) do not count against a method.
     ``log``: where progress lines go (e.g. the CLI's logger)."""
+    from . import methods
+
     if isinstance(warmup_batches, bool) or not isinstance(warmup_batches, int) or warmup_batches < 0:
         raise ConfigError(f"warmup_batches must be an integer >= 0, got {warmup_batches!r}")
     log = log or (lambda message: None)
     for ratio in ratios:
         check_ratio(ratio)
-    if method not in METHODS:
-        raise UnknownNameError("pruning method", method, list(METHODS))
+    entry = methods.get(method)
+    if entry.kind == "saliency" and "seed" in {o.name for o in entry.options} and "seed" not in options:
+        options["seed"] = seed
+    resolved = entry.resolve(options)
     selection = effective_selection(method, options, min_channels, min_fraction, normalize)
-    if method in PRUNERS:
-        fn = PRUNERS[method]
-        accepted = inspect.signature(fn).parameters
-        floor = {k: selection[k] for k in ("min_channels", "min_fraction") if k in accepted and k not in options}
-        applied = {"normalize": selection["normalize"], **floor,
-                   **{k: options[k] for k in ("min_channels", "min_fraction") if k in options}}
+    recorded = {"method": method, "options": dict(options), "resolved_options": dict(resolved), "seed": seed}
+    if entry.kind == "pruner":
         results = []
         for ratio in ratios:
             start = time.perf_counter()
-            result = fn(model, make_batches(), ratio, example_input=example_input, target=target,
-                        num_samples=num_samples, seed=seed, **floor, **options)
-            result.report.update(method=method, options=dict(options), seed=seed,
-                                 prune_seconds=time.perf_counter() - start)
-            # what was applied, never what was asked for: a floor the pruner does not take stays unrecorded
-            result.report.update({**applied, **{k: result.report[k] for k in selection if k in result.report}})
+            result = entry.fn(model, make_batches(), ratio, example_input=example_input, target=target,
+                              num_samples=num_samples, seed=seed, min_channels=selection["min_channels"],
+                              min_fraction=selection["min_fraction"], **resolved)
+            result.report.update(recorded, prune_seconds=time.perf_counter() - start)
+            for key, value in selection.items():  # what was applied: the pruner's own report wins
+                result.report.setdefault(key, value)
             results.append(result)
         return results
-    fn = saliency.method(method)
-    if "seed" in inspect.signature(fn).parameters and "seed" not in options:
-        options["seed"] = seed
     t_groups = time.perf_counter()
     groups = channel_groups(model, example_input)
     grouping = time.perf_counter() - t_groups
@@ -371,8 +352,7 @@ def run_ratios(method: str, model: nn.Module, make_batches: Callable[[], Iterabl
                        **selection)
         result.report.update(timings)
         result.report["scores"] = {g.name: s.tolist() for g, s in zip(groups, scores)}
-        result.report.update(method=method, options=dict(options), seed=seed,
-                             prune_seconds=scoring + time.perf_counter() - t0, warmup_batches=warmup_batches,
-                             shared_scoring=len(ratios) > 1)
+        result.report.update(recorded, prune_seconds=scoring + time.perf_counter() - t0,
+                             warmup_batches=warmup_batches, shared_scoring=len(ratios) > 1)
         results.append(result)
     return results

@@ -1,5 +1,5 @@
 """Baselines (docs/method.md section 6): oracle tests in float64 against brute force that shares nothing
-with ``baselines`` (own hooks, one sample at a time, explicit Kronecker matrices), then every method
+with ``sosp.methods`` (own hooks, one sample at a time, explicit Kronecker matrices), then every method
 end to end on the CIFAR and torchvision models."""
 import copy
 from collections import OrderedDict
@@ -10,8 +10,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import toy_models
-from baselines import eigendamage, magnitude
 from sosp import measure, models, prune, saliency, structures
+from sosp.methods import eigendamage, fisher, magnitude
 from sosp.errors import ConfigError
 
 KINDS = ["resnet", "vgg"]
@@ -183,7 +183,7 @@ def test_kfac_factors_equal_bruteforce_second_moments():
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(5, 2, 5, 5, dtype=torch.float64, generator=gen)
     batches = [(x[:2], None), (x[2:], None)]
-    got = eigendamage.kfac_factors(model, batches, {"0": conv, "3": lin}, seed=7)
+    got = fisher.kfac_factors(model, batches, {"0": conv, "3": lin}, seed=7)
     labels = reproduce_sampled_labels(model, batches, seed=7)
     A_conv, S_conv = torch.zeros(3, 3, dtype=torch.float64), torch.zeros(3, 3, dtype=torch.float64)
     A_lin, S_lin = torch.zeros(28, 28, dtype=torch.float64), torch.zeros(4, 4, dtype=torch.float64)
@@ -225,7 +225,7 @@ def test_eigenbasis_importance_equals_bruteforce_damage(kind):
     d_out = layer.weight.shape[0]
     a, s = torch.randn(d_in, d_in + 2, generator=gen).double(), torch.randn(d_out, d_out + 2, generator=gen).double()
     A, S = a @ a.T, s @ s.T
-    basis = eigendamage.eigenbasis(eigendamage.KFACFactors(A=A, S=S))
+    basis = eigendamage.eigenbasis(fisher.KFACFactors(A=A, S=S))
     _, imp_out, imp_in = eigendamage.eigen_importance(eigendamage.weight_per_offset(layer), basis)
     w = layer.weight.detach()
     offsets = [w] if w.dim() == 2 else [w[:, :, u, v] for u in range(w.shape[2]) for v in range(w.shape[3])]

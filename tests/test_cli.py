@@ -100,6 +100,30 @@ def test_unknown_method_and_bad_model_file(base_model, tmp_path):
     assert_user_error(proc, "cannot load model file")
 
 
+def test_prune_help_lists_every_method_and_its_options():
+    from sosp import methods
+
+    proc = run_sosp("prune", "--help")
+    assert proc.returncode == 0, proc.stderr
+    listing = proc.stdout[proc.stdout.index("methods (--method NAME)"):]
+    for method in methods.METHODS.values():
+        assert f"\n  {method.name} ({method.kind}: " in listing, method.name
+        for option in method.options:
+            assert f"\n      {option.name}" in listing, (method.name, option.name)
+
+
+@pytest.mark.parametrize("method, option, message", [
+    ("magnitude", "scope=sideways", "scope must be one of layerwise, global, got 'sideways'"),
+    ("sosp_h", "combin=joint", "method 'sosp_h' has no option 'combin'; options: combine, curvature"),
+    ("sosp_i", "mc_samples=many", "mc_samples must be an integer, got 'many'"),
+])
+def test_bad_method_option_is_one_line(base_model, tmp_path, method, option, message):
+    proc = run_sosp("prune", "--model", str(base_model), "--method", method, "--ratio", "0.5", "--option", option,
+                    "--out", str(tmp_path / "p.pt"), "--record", str(tmp_path / "p.json"))
+    assert_user_error(proc, message)
+    assert not (tmp_path / "p.json").exists()
+
+
 def test_verbs_chain_in_process(base_model, tmp_path, capsys):
     """train (fixture) -> prune -> finetune -> evaluate -> measure -> report, through main()."""
     from sosp import cli
@@ -112,6 +136,8 @@ def test_verbs_chain_in_process(base_model, tmp_path, capsys):
     assert pruned["stage"] == "pruned" and pruned["method"] == "sosp_h" and pruned["ratio"] == 0.5
     assert pruned["tier"] == "t" and pruned["samples"] == 64 and 0.4 < pruned["achieved_fraction"] <= 0.5
     assert 0.0 <= pruned["top1"] <= 1.0 and pruned["finetune_epochs"] == 0
+    assert pruned["method_options"] == "{}"  # as given; every option the method ran with is in details
+    assert pruned["details"]["method_options_resolved"] == {"combine": "separate", "curvature": "ggn"}
     assert cli.main(["finetune", "--model", str(d / "p.pt"), "--epochs", "1", "--batch-size", "256",
                      "--lr", "0.01", "--quiet", "--out", str(d / "f.pt"), "--record", str(d / "f.json")]) == 0
     fine = json.loads((d / "f.json").read_text())

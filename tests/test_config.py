@@ -68,6 +68,29 @@ def test_schema_names_match_the_library():
     assert sorted(schema["properties"]["report"]["properties"]["tables"]["items"]["enum"]) == sorted(results.TABLES)
 
 
+def test_method_options_of_every_tier_are_declared():
+    """``prune.options`` of every tier names methods of ``sosp.methods`` and only their declared options,
+    with values of the declared types (the Snakefile checks the same before any job)."""
+    from sosp import methods
+
+    for path in CONFIGS:
+        config = merged(default_config(), yaml.safe_load(path.read_text()) or {})
+        for method, options in config["prune"].get("options", {}).items():
+            assert method in methods.METHODS, (path.name, method)
+            methods.check_options(method, options)
+
+
+def test_every_method_option_is_documented():
+    """Each method's declared options are described in docs/method_choices.md."""
+    from sosp import methods
+
+    doc = (REPO / "docs" / "method_choices.md").read_text()
+    for method in methods.METHODS.values():
+        assert f"`{method.name}`" in doc, method.name
+        for option in method.options:
+            assert f"`{option.name}`" in doc, f"{method.name}: {option.name}"
+
+
 def test_every_tier_is_documented():
     readme = (REPO / "config" / "README.md").read_text()
     for path in CONFIGS:
@@ -140,6 +163,11 @@ def test_missing_required_key_is_named():
     ("bottleneck.ratio", 0.4, "invalid config: bottleneck.ratio: 0.4 is not one of prune.ratios"),
     ("bottleneck.archs", ["resnet56"], "invalid config: bottleneck.archs[0]: 'resnet56' is not one of archs"),
     ("dataset.name", "imagefolder", "invalid config: dataset.root: the imagefolder data set needs the folder"),
+    ("prune.options", {"sosp_h": {"combin": "joint"}},
+     "invalid config: prune.options.sosp_h.combin: method 'sosp_h' has no option 'combin'; options: combine"),
+    ("prune.options", {"sosp_i": {"mc_samples": "many"}},
+     "invalid config: prune.options.sosp_i.mc_samples: mc_samples must be an integer, got 'many'"),
+    ("prune.options", {"sosp_hh": {}}, "invalid config: prune.options.sosp_hh: unknown pruning method 'sosp_hh'"),
 ])
 def test_workflow_stops_before_any_job(tmp_path, path, value, message):
     """Snakemake itself rejects a bad config up front with one line naming the key; nothing runs."""

@@ -9,7 +9,8 @@ import torch.nn.functional as F
 
 import toy_models
 from sosp import saliency, structures
-from sosp.saliency import sosp_h_terms, sosp_i_terms
+from sosp.methods.sosp_h import sosp_h_terms
+from sosp.methods.sosp_i import sosp_i_terms
 
 KINDS = ["resnet", "vgg"]
 REL = 1e-8

@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from scipy.stats import spearmanr
 
-from sosp import saliency, structures
+from sosp import structures
+from sosp.methods.sosp_i import sosp_i_terms
 
 pytestmark = pytest.mark.xdist_group("digits_resnet20")
 
@@ -22,7 +23,7 @@ def quadratic_setup(digits_resnet20):
     x, y = bundle.train.x[:512], bundle.train.y[:512]
     groups = structures.channel_groups(model, x[:1])
     batches = [(x[i:i + 128], y[i:i + 128]) for i in range(0, len(x), 128)]
-    terms = saliency.sosp_i_terms(model, groups, batches)
+    terms = sosp_i_terms(model, groups, batches)
     return model, groups, x, y, terms
 
 

@@ -28,7 +28,8 @@ import copy
 import itertools
 import math
 import time
-from typing import Callable, Iterable, Sequence
+from collections.abc import Callable
+from typing import Iterable, Sequence
 
 import torch
 import torch.nn as nn
@@ -37,7 +38,7 @@ import torch.nn.functional as F
 from sosp import prune as sosp_prune
 from sosp.curvature import scoring_mode
 from sosp.errors import ConfigError, SospError, check_positive_int
-from sosp.saliency import _to_device, limit_samples, register
+from sosp.methods import Option, limit_samples, register, to_device
 from sosp.structures import ChannelGroup, channel_groups, gates_applied, split_flat, total_structures
 from sosp.utils import progress, train_mode
 
@@ -57,7 +58,7 @@ def taylor_importance(model: nn.Module, groups: Sequence[ChannelGroup], batches:
     """Mean over mini-batches of the squared mini-batch gate gradients (flat, float64)."""
     total, count = None, 0
     for x, y in batches:
-        x, y = _to_device(model, x, y)
+        x, y = to_device(model, x, y)
         z = minibatch_gate_gradient(model, groups, x, y).double() ** 2
         total = z if total is None else total + z
         count += 1
@@ -66,8 +67,12 @@ def taylor_importance(model: nn.Module, groups: Sequence[ChannelGroup], batches:
     return total / count
 
 
-@register("taylor")
-def taylor(model, groups, batches, *, schedule: str = "oneshot"):
+SCHEDULE = Option("schedule", str, "oneshot", "oneshot (the only schedule here; Molchanov et al.'s iterative "
+                  "protocol is the method taylor_iterative)")
+
+
+@register("taylor", options=(SCHEDULE,))
+def taylor(model, groups, batches, *, schedule: str) -> list[torch.Tensor]:
     """Molchanov et al. (2019) one-shot: ``mean_m (dL_m/dc_s)^2``."""
     if schedule == "iterative":
         raise ConfigError("the iterative Taylor protocol removes structures between fine-tuning steps, so it "
@@ -81,7 +86,17 @@ def taylor(model, groups, batches, *, schedule: str = "oneshot"):
 # Iterative protocol
 
 
-def sgd_finetune(lr: float = 1e-3, momentum: float = 0.9, weight_decay: float = 0.0) -> Callable:
+ITERATIVE_OPTIONS = (
+    Option("prune_every", int, 10, "mini-batches scored, and SGD steps taken, between two removals"),
+    Option("per_step", int, None, "structures removed per step (none: 2% of the base model's structures)"),
+    Option("lr", float, 1e-3, "learning rate of the built-in SGD fine-tuning"),
+    Option("momentum", float, 0.9, "momentum of the built-in SGD fine-tuning"),
+    Option("weight_decay", float, 0.0, "weight decay of the built-in SGD fine-tuning"),
+    Option("finetune_fn", Callable, None, "finetune_fn(model, batches) replaces the built-in SGD steps"),
+)
+
+
+def sgd_finetune(lr: float, momentum: float, weight_decay: float) -> Callable:
     """The built-in fine-tuning: one SGD step (train mode, cross-entropy) per given mini-batch.
 
     A fresh optimiser per call: the model changes shape between calls, so momentum cannot carry over.
@@ -91,7 +106,7 @@ def sgd_finetune(lr: float = 1e-3, momentum: float = 0.9, weight_decay: float = 
         try:
             with train_mode(model):
                 for x, y in batches:
-                    x, y = _to_device(model, x, y)
+                    x, y = to_device(model, x, y)
                     optimizer.zero_grad(set_to_none=True)
                     F.cross_entropy(model(x), y).backward()
                     optimizer.step()
@@ -100,29 +115,35 @@ def sgd_finetune(lr: float = 1e-3, momentum: float = 0.9, weight_decay: float = 
     return finetune
 
 
-def _check_iterative(ratio, prune_every, per_step, min_channels, min_fraction, target):
+@register("taylor_iterative", "pruner", options=ITERATIVE_OPTIONS)
+def taylor_iterative(model: nn.Module, batches: Iterable, ratio: float, *, example_input: torch.Tensor,
+                     target: str, num_samples: int | None, seed: int, min_channels: int, min_fraction: float,
+                     prune_every: int, per_step: int | None, lr: float, momentum: float, weight_decay: float,
+                     finetune_fn: Callable | None) -> sosp_prune.PruneResult:
+    """Molchanov et al.'s iterative protocol: score, remove the lowest, fine-tune, repeat.
+
+    The steps and defaults are in the module docstring. ``model`` itself is left untouched; the
+    per-group floor is taken of the original group sizes. ``seed`` seeds the global RNG (dropout)
+    while fine-tuning, in a forked RNG state so the caller's stream is untouched.
+    """
     if target != "structures":
         raise ConfigError(f"taylor_iterative removes a fraction of structures; target {target!r} is not supported")
     sosp_prune.check_floor(min_channels, min_fraction)
     check_positive_int("prune_every", prune_every)
     if per_step is not None:
         check_positive_int("per_step", per_step)
-    return sosp_prune.check_ratio(ratio)
+    ratio = sosp_prune.check_ratio(ratio)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        data = list(limit_samples(batches, num_samples))
+        if not data:
+            raise SospError("no calibration samples: the batches were empty")
+        return _iterative_prune(model, data, ratio, example_input[:1], prune_every, per_step, min_channels,
+                                min_fraction, finetune_fn or sgd_finetune(lr, momentum, weight_decay))
 
 
-def iterative_prune(model: nn.Module, batches: Iterable, ratio: float, *, example_input: torch.Tensor,
-                    prune_every: int = 10, per_step: int | None = None, min_channels: int = 1,
-                    min_fraction: float = 0.0, finetune_fn: Callable | None = None, lr: float = 1e-3,
-                    momentum: float = 0.9, weight_decay: float = 0.0,
-                    target: str = "structures") -> sosp_prune.PruneResult:
-    """Molchanov et al.'s protocol (see the module docstring); ``model`` itself is left untouched.
-    The per-group floor is taken of the original group sizes."""
-    ratio = _check_iterative(ratio, prune_every, per_step, min_channels, min_fraction, target)
-    data = list(batches)
-    if not data:
-        raise SospError("no calibration samples: the batches were empty")
-    finetune_fn = finetune_fn or sgd_finetune(lr, momentum, weight_decay)
-    example_input = example_input[:1]
+def _iterative_prune(model, data, ratio, example_input, prune_every, per_step, min_channels, min_fraction,
+                     finetune_fn) -> sosp_prune.PruneResult:
     base_groups = channel_groups(model, example_input)
     total = total_structures(base_groups)
     goal = round(ratio * total)
@@ -155,24 +176,6 @@ def iterative_prune(model: nn.Module, batches: Iterable, ratio: float, *, exampl
     removed = {g.name: sorted(set(range(g.size)) - set(alive[g.name])) for g in base_groups}
     removed = {name: idx for name, idx in removed.items() if idx}
     report = sosp_prune.describe(model, current, base_groups, removed, example_input)
-    report.update(ratio=ratio, target=target, min_channels=min_channels, min_fraction=min_fraction, steps=steps, per_step=per_step,
-                  prune_every=prune_every, saliency_seconds=score_seconds)
+    report.update(ratio=ratio, target="structures", min_channels=min_channels, min_fraction=min_fraction, steps=steps,
+                  per_step=per_step, prune_every=prune_every, saliency_seconds=score_seconds)
     return sosp_prune.PruneResult(model=current.eval(), removed=removed, report=report)
-
-
-@sosp_prune.register_pruner("taylor_iterative")
-def taylor_iterative(model, batches, ratio, *, example_input, target="structures", num_samples=None, seed=0,
-                     prune_every: int = 10, per_step: int | None = None, min_channels: int = 1,
-                     min_fraction: float = 0.0, lr: float = 1e-3, momentum: float = 0.9, weight_decay: float = 0.0,
-                     finetune_fn: Callable | None = None, **unknown):
-    """Whole-method entry for :func:`sosp.prune.run`; ``seed`` seeds the global RNG (dropout) while
-    fine-tuning, in a forked RNG state so the caller's stream is untouched."""
-    if unknown:
-        raise ConfigError(f"method 'taylor_iterative' has no option(s) {', '.join(sorted(unknown))}; options: "
-                          "prune_every, per_step, min_channels, min_fraction, lr, momentum, weight_decay, finetune_fn")
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        return iterative_prune(model, limit_samples(batches, num_samples), ratio,
-                               example_input=example_input, prune_every=prune_every, per_step=per_step,
-                               min_channels=min_channels, min_fraction=min_fraction, finetune_fn=finetune_fn, lr=lr, momentum=momentum,
-                               weight_decay=weight_decay, target=target)

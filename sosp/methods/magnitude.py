@@ -27,8 +27,7 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from sosp.errors import ConfigError
-from sosp.saliency import register
+from sosp.methods import Option, register
 from sosp.structures import ChannelGroup
 
 
@@ -55,11 +54,11 @@ SCOPES = {
     "layerwise": within_group_ranks,
     "global": lambda norms: norms,
 }
+SCOPE = Option("scope", str, "layerwise", "layerwise: within-group ranks, the same fraction of every group "
+               "(the paper's protocol); global: raw norms ranked across groups", choices=tuple(SCOPES))
 
 
-@register("magnitude", cost_normalizable=lambda options: options.get("scope", "layerwise") == "global")
-def magnitude(model: nn.Module, groups: Sequence[ChannelGroup], batches, *, scope: str = "layerwise"):
+@register("magnitude", options=(SCOPE,), cost_normalizable=lambda options: options["scope"] == "global")
+def magnitude(model: nn.Module, groups: Sequence[ChannelGroup], batches, *, scope: str) -> list[torch.Tensor]:
     """Filter L1 norms (``global``) or their within-group ranks (``layerwise``); data is not read."""
-    if scope not in SCOPES:
-        raise ConfigError(f"scope must be one of {', '.join(SCOPES)}, got {scope!r}")
     return [SCOPES[scope](filter_l1_norms(model, g)) for g in groups]

@@ -1,32 +1,16 @@
-"""EigenDamage (Wang, Zhang, Wang, Grosse, "EigenDamage: Structured Pruning in the Kronecker-Factored
-Eigenbasis", ICML 2019) and ``cobd`` (channel OBD with the diagonal Fisher, their C-OBD baseline).
+"""``eigendamage``: EigenDamage (Wang, Zhang, Wang, Grosse, "EigenDamage: Structured Pruning in the
+Kronecker-Factored Eigenbasis", ICML 2019), a whole pruner with its own surgery.
 
-Shared Fisher machinery (:func:`sampled_fisher_passes`): eval mode, frozen parameters, for every
-calibration batch one forward pass, labels **sampled from the model's softmax** (the true Fisher,
-the paper's ``fisher_type="true"``) with ``torch.multinomial(logits.softmax(-1), 1, generator=g)``,
-``g = torch.Generator(device).manual_seed(seed)`` drawn batch after batch, then one backward pass of
-the *summed* per-sample losses, so every layer sees per-sample output gradients ``g_n = dl_n/ds_n``.
-
-K-FAC factors per Conv2d/Linear layer (:func:`kfac_factors`), with the scaling of KFC (Grosse &
-Martens 2016) so that ``A (x) S`` approximates the Fisher on one scale across layers (the global pool
-needs it): ``A = E_n[mean_r a_{n,r} a_{n,r}^T]`` and ``S = E_n[sum_t g_{n,t} g_{n,t}^T]`` (``t`` = output
-positions). For a Linear layer the rows ``r`` are the sample's input vector(s). For a conv layer we
-follow the EigenDamage code's default ``use_patch=True``: ``A`` lives in **channel space**
-(``in_channels`` x ``in_channels``), the rows ``r`` being the input-channel vectors at every (output
-position, kernel offset) pair of the zero-padded input (their ``ComputeCovAPatch``). This is K-FAC's
-patch-space factor with its ``kh*kw`` diagonal blocks averaged and the cross-offset blocks dropped
-(``A_patch ~ I_P (x) A``), so its eigenbasis acts on channels and becomes a 1x1 convolution. A bias
-adds one constant input column, ``1`` for Linear and ``1/(kh*kw)`` for conv (as in their code), so
-that summing the bias column over the ``kh*kw`` offsets gives the bias once.
-
-EigenDamage: ``A = Q_A diag(lambda_A) Q_A^T``, ``S = Q_S diag(lambda_S) Q_S^T``; per kernel offset ``k``
-``W*_k = Q_S^T [W_k, b] Q_A``; importance ``I_ij = sum_k (W*_kij)^2 lambda_S,i lambda_A,j`` (the Fisher
-quadratic form of deleting that weight in the eigenbasis); row sums score the output
-eigen-directions, column sums the input ones. All directions of all layers (every Conv2d/Linear
-except the classifier, as their code) form one global pool; the fraction ``ratio`` of them with the
-lowest importance is removed, keeping at least ``max(min_channels, ceil(min_fraction * n))`` of the ``n``
-directions per side per layer; ``min_fraction`` is at least 5 % (:data:`AUTHORS_MIN_FRACTION`), as
-their code's ``prune_ratio_limit=0.95``. Each layer becomes :class:`EigenBasisLayer`:
+The K-FAC factors ``A`` and ``S`` of every layer come from :func:`sosp.methods.fisher.kfac_factors`
+(sampled labels, channel-space ``A`` for convs). ``A = Q_A diag(lambda_A) Q_A^T``,
+``S = Q_S diag(lambda_S) Q_S^T``; per kernel offset ``k`` ``W*_k = Q_S^T [W_k, b] Q_A``; importance
+``I_ij = sum_k (W*_kij)^2 lambda_S,i lambda_A,j`` (the Fisher quadratic form of deleting that weight
+in the eigenbasis); row sums score the output eigen-directions, column sums the input ones. All
+directions of all layers (every Conv2d/Linear except the classifier, as their code) form one global
+pool; the fraction ``ratio`` of them with the lowest importance is removed, keeping at least
+``max(min_channels, ceil(min_fraction * n))`` of the ``n`` directions per side per layer;
+``min_fraction`` is at least 5 % (:data:`~sosp.methods.fisher.AUTHORS_MIN_FRACTION`), as their code's
+``prune_ratio_limit=0.95``. Each layer becomes :class:`EigenBasisLayer`:
 ``1x1 conv (Q_A^T, kept columns) -> core conv (W*, kept out x kept in, same kernel/stride/padding/
 dilation) -> 1x1 conv (Q_S, kept columns)`` (Linear layers: three Linear layers), kept only if it has no
 more parameters than the layer it replaces. All three are ordinary trainable modules (their
@@ -42,206 +26,35 @@ the current network (for a reparameterised layer, of its core conv, whose new ro
 into the existing 1x1 convs, as their ``_merge_Qs``) and removing directions until the cumulative
 fraction ``ratio * step / steps`` of the original directions is gone. Their protocol fine-tunes
 between rounds; here ``finetune_fn(model, batches)`` does so if given (default: no fine-tuning).
-
-``cobd``: saliency of an output channel ``= sum_j W_ij^2 F_ij`` over its filter and bias, summed over
-the group's producers, with ``F`` the **exact** diagonal of the sampled-label Fisher: per-sample weight
-gradients ``sum_t g_{n,t} a_{n,t}^T`` (unfolded patches for conv) squared and averaged over samples,
-as their ``FisherDiagPruner`` (no K-FAC approximation). This is what ``torch.func.vmap(grad)`` would
-give, computed layer by layer from hooks so memory stays at one layer's per-sample gradients
-(chunked) instead of the whole model's. Their code divides by the number of batches instead of
-samples: a common scale, irrelevant for the ranking.
 """
 from __future__ import annotations
 
 import copy
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from sosp import measure
 from sosp import prune as sosp_prune
-from sosp.curvature import scoring_mode
-from sosp.errors import ConfigError, SospError, UnsupportedModelError, check_positive_int
-
-#: per-layer floor of EigenDamage's and C-OBD's authors (their ``prune_ratio_limit=0.95``): every layer
-#: keeps at least 5 % of its channels / eigen-directions per side
-AUTHORS_MIN_FRACTION = 0.05
-from sosp.saliency import limit_samples, register
-from sosp.structures import ChannelGroup, classifier_name
+from sosp.errors import ConfigError, check_positive_int
+from sosp.methods import Option, limit_samples, register
+from sosp.methods.fisher import AUTHORS_MIN_FRACTION, KFACFactors, bias_column_value, kfac_factors
+from sosp.structures import classifier_name
 from sosp.utils import progress
 
-CHUNK_ELEMENTS = 1 << 25  # per-sample gradients held at once by cobd
-
-
-# ---------------------------------------------------------------------------------------------
-# Sampled-label passes
-
-
-def sample_labels(logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """One label per sample from the model's predictive distribution (the true Fisher)."""
-    return torch.multinomial(logits.detach().softmax(-1), 1, generator=generator).squeeze(1)
-
-
-def sampled_fisher_passes(model: nn.Module, batches: Iterable, layers: dict[str, nn.Module],
-                          on_layer: Callable, seed: int = 0) -> int:
-    """Call ``on_layer(name, module, input, output_grad)`` for every layer and batch; return ``N``.
-
-    ``output_grad`` is per sample: the backward pass is of ``sum_n l(f_n, y~_n)``. Each layer's output
-    is replaced by a clone so that in-place ops after it (ReLU(inplace)) leave the tapped tensor alone.
-    """
-    p = next(model.parameters())
-    generator = torch.Generator(device=p.device).manual_seed(seed)
-    saved: dict[str, list] = {}
-
-    def tap(name):
-        def hook(module, args, output):
-            saved.setdefault(name, []).append(args[0].detach())
-            output.register_hook(lambda g: on_layer(name, module, saved[name].pop(), g.detach()))
-            return output.clone()
-        return hook
-
-    n = 0
-    with scoring_mode(model):
-        handles = [m.register_forward_hook(tap(name)) for name, m in layers.items()]
-        try:
-            for x, _ in batches:  # the data labels are not used: the true Fisher samples its own
-                x = x.detach().to(p.device, p.dtype).requires_grad_(True)
-                logits = model(x)
-                loss = F.cross_entropy(logits, sample_labels(logits, generator), reduction="sum")
-                torch.autograd.grad(loss, x)
-                saved.clear()
-                n += len(x)
-        finally:
-            for h in handles:
-                h.remove()
-    if n == 0:
-        raise SospError("no calibration samples: the batches were empty")
-    return n
-
-
-def conv_patches(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    """``(B, in * kh * kw, L)``: the conv's input patches, padded as the conv pads."""
-    mode = "constant" if conv.padding_mode == "zeros" else conv.padding_mode
-    x = F.pad(x, conv._reversed_padding_repeated_twice, mode=mode)
-    return F.unfold(x, conv.kernel_size, dilation=conv.dilation, stride=conv.stride)
-
-
-def output_rows(module: nn.Module, grad: torch.Tensor) -> torch.Tensor:
-    """``(B, T, out)``: per-sample output gradients, one row per output position."""
-    if isinstance(module, nn.Conv2d):
-        return grad.flatten(2).transpose(1, 2)
-    return grad.reshape(len(grad), -1, grad.shape[-1])
-
-
-# ---------------------------------------------------------------------------------------------
-# cobd
-
-
-def per_sample_weight_grads(module: nn.Module, x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-    """``(B, out, fan_in [+1])``: exact per-sample gradients of the weight rows (and bias)."""
-    g = output_rows(module, grad)  # (B, T, out)
-    if isinstance(module, nn.Conv2d):
-        B, groups = len(x), module.groups
-        a = conv_patches(module, x).view(B, groups, -1, g.shape[1])  # (B, G, fan_in, L)
-        gg = g.transpose(1, 2).reshape(B, groups, -1, g.shape[1])  # (B, G, out/G, L)
-        w = torch.einsum("bgol,bgpl->bgop", gg, a).reshape(B, module.out_channels, -1)
-    elif isinstance(module, nn.Linear):
-        w = torch.einsum("bto,bti->boi", g, x.reshape(len(x), -1, x.shape[-1]))
-    else:
-        raise UnsupportedModelError(f"cobd supports Conv2d and Linear producers, not {type(module).__name__}")
-    if module.bias is not None:
-        w = torch.cat([w, g.sum(1).unsqueeze(-1)], dim=-1)
-    return w
-
-
-def weight_rows(module: nn.Module) -> torch.Tensor:
-    """``(out, fan_in [+1])``: each output channel's filter (and bias), as cobd scores it."""
-    w = module.weight.detach().reshape(module.weight.shape[0], -1)
-    return torch.cat([w, module.bias.detach().unsqueeze(-1)], dim=-1) if module.bias is not None else w
-
-
-def fisher_diagonal(model: nn.Module, batches: Iterable, layers: dict[str, nn.Module],
-                    seed: int = 0) -> dict[str, torch.Tensor]:
-    """``E_n[(dl_n/dW_ij)^2]`` (sampled labels) per layer, shaped as :func:`weight_rows`, float64."""
-    sums: dict[str, torch.Tensor] = {}
-
-    def on_layer(name, module, x, grad):
-        per_sample_elements = weight_rows(module).numel()
-        step = max(1, CHUNK_ELEMENTS // per_sample_elements)
-        for i in range(0, len(x), step):
-            sq = per_sample_weight_grads(module, x[i:i + step], grad[i:i + step]).pow(2).sum(0).double()
-            sums[name] = sums[name] + sq if name in sums else sq
-
-    n = sampled_fisher_passes(model, batches, layers, on_layer, seed)
-    return {name: s / n for name, s in sums.items()}
-
-
-@register("cobd", min_fraction=AUTHORS_MIN_FRACTION)
-def cobd(model: nn.Module, groups: Sequence[ChannelGroup], batches, *, seed: int = 0):
-    """Channel OBD: ``sum_j W_ij^2 F_ij`` over each producer's filter and bias, summed per group."""
-    modules = dict(model.named_modules())
-    layers = {name: modules[name] for g in groups for name in g.producers}
-    fisher = fisher_diagonal(model, batches, layers, seed)
-    scores = []
-    for g in groups:
-        total = torch.zeros(g.size, dtype=torch.float64, device=next(model.parameters()).device)
-        for name in g.producers:
-            total += (weight_rows(layers[name]).double().pow(2) * fisher[name]).sum(1)
-        scores.append(total)
-    return scores
-
-
-# ---------------------------------------------------------------------------------------------
-# K-FAC factors and the eigenbasis
-
-
-@dataclass
-class KFACFactors:
-    A: torch.Tensor  # (in [+1]) x (in [+1]), float64
-    S: torch.Tensor  # out x out, float64
-
-
-def bias_column_value(module: nn.Module) -> float:
-    """The constant input paired with the bias: summed over the kernel offsets it gives the bias once."""
-    return 1.0 / (module.kernel_size[0] * module.kernel_size[1]) if isinstance(module, nn.Conv2d) else 1.0
-
-
-def input_rows(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``(B, R, in [+1])``: the vectors whose mean outer product per sample is ``A`` (channel space)."""
-    if isinstance(module, nn.Conv2d):
-        patches = conv_patches(module, x)  # (B, in * P, L)
-        rows = patches.view(len(x), module.in_channels, -1).transpose(1, 2)  # (B, P * L, in)
-    else:
-        rows = x.reshape(len(x), -1, x.shape[-1])
-    if module.bias is not None:
-        rows = torch.cat([rows, rows.new_full((*rows.shape[:2], 1), bias_column_value(module))], dim=-1)
-    return rows
-
-
-def kfac_factors(model: nn.Module, batches: Iterable, layers: dict[str, nn.Module],
-                 seed: int = 0) -> dict[str, KFACFactors]:
-    """``A = E_n[mean_r a a^T]`` and ``S = E_n[sum_t g g^T]`` for every layer (module docstring)."""
-    sums_a: dict[str, torch.Tensor] = {}
-    sums_s: dict[str, torch.Tensor] = {}
-
-    def add(store, name, value):
-        store[name] = store[name] + value if name in store else value
-
-    def on_layer(name, module, x, grad):
-        rows = input_rows(module, x)
-        flat = rows.reshape(-1, rows.shape[-1])
-        add(sums_a, name, (flat.T @ flat).double() / rows.shape[1])
-        g = output_rows(module, grad)
-        g = g.reshape(-1, g.shape[-1])
-        add(sums_s, name, (g.T @ g).double())
-
-    n = sampled_fisher_passes(model, batches, layers, on_layer, seed)
-    return {name: KFACFactors(A=sums_a[name] / n, S=sums_s[name] / n) for name in sums_a}
+MODES = ("one_pass", "iterative")
+OPTIONS = (
+    Option("mode", str, "one_pass", "one_pass: score once and prune; iterative: steps rounds, "
+           "recomputing the factors each round", choices=MODES),
+    Option("steps", int, 3, "rounds of the iterative mode"),
+    Option("finetune_fn", Callable, None, "finetune_fn(model, batches) between iterative rounds "
+           "(default: no fine-tuning)"),
+)
 
 
 @dataclass
@@ -470,6 +283,8 @@ def reparameterise(model: nn.Module, scores: dict[str, LayerScores], removal: Se
     return new, done
 
 
+
+
 # ---------------------------------------------------------------------------------------------
 # The pruner
 
@@ -483,7 +298,7 @@ def _one_round(model, data, ratio_goal, total, example_input, seed, target, floo
     seconds = time.perf_counter() - start
     order = direction_order(scores, *floor)
     if target != "structures":
-        pruned, done = _search_cost_target(model, scores, order, ratio_goal, target, example_input)
+        pruned, done = _cost_target(model, scores, order, ratio_goal, target, example_input)
         return pruned, done, seconds, skipped
     already = total - sum(sum(direction_counts(layer)) for layer in layers.values())
     k = round(ratio_goal * total) - already
@@ -495,51 +310,23 @@ def _one_round(model, data, ratio_goal, total, example_input, seed, target, floo
     return pruned, done, seconds, skipped
 
 
-def _count(model, example_input, target):
-    return measure.count_params(model) if target == "params" else measure.count_macs(model, example_input)
-
-
-def _search_cost_target(model, scores, order, ratio, target, example_input):
+def _cost_target(model, scores, order, ratio, target, example_input):
     """Fewest removed directions whose model has at most ``(1 - ratio)`` of the base ``target``
-    (binary search; cost falls with every removed direction except where a layer switches form)."""
-    goal = (1 - ratio) * _count(model, example_input, target)
+    (:func:`sosp.prune.search_cost_target`; cost falls with every removed direction except where a
+    layer switches form)."""
+    goal = (1 - ratio) * sosp_prune.target_cost(model, example_input, target)
     cache = {}
 
     def evaluate(k):
         if k not in cache:
             pruned, done = reparameterise(model, scores, order[:k])
-            cache[k] = (pruned, done, _count(pruned, example_input, target))
-        return cache[k]
+            cache[k] = (pruned, done, sosp_prune.target_cost(pruned, example_input, target))
+        return cache[k][2]
 
-    lo, hi = 0, len(order)
-    if evaluate(hi)[2] > goal:
+    k = sosp_prune.search_cost_target(evaluate, len(order), goal)
+    if k is None:
         raise ConfigError(f"ratio {ratio} of {target} cannot be reached by EigenDamage on this model")
-    while lo < hi:
-        mid = (lo + hi) // 2
-        lo, hi = (lo, mid) if evaluate(mid)[2] <= goal else (mid + 1, hi)
-    return evaluate(lo)[:2]
-
-
-def _one_pass(model, data, ratio, total, example_input, seed, target, steps, finetune_fn, floor):
-    return _one_round(model, data, ratio, total, example_input, seed, target, floor)
-
-
-def _iterative(model, data, ratio, total, example_input, seed, target, steps, finetune_fn, floor):
-    if target != "structures":
-        raise ConfigError(f"eigendamage mode 'iterative' removes a fraction of eigen-directions; "
-                          f"target {target!r} needs mode 'one_pass'")
-    check_positive_int("steps", steps)
-    current, seconds, done = model, 0.0, {}
-    for step in range(1, steps + 1):
-        current, done, round_seconds, skipped = _one_round(current, data, ratio * step / steps, total,
-                                                           example_input, seed, target, floor)
-        seconds += round_seconds
-        if finetune_fn is not None and step < steps:
-            finetune_fn(current, data)
-    return current, done, seconds, skipped
-
-
-MODES = {"one_pass": _one_pass, "iterative": _iterative}
+    return cache[k][:2]
 
 
 def _report(model, pruned, example_input, layers) -> dict:
@@ -567,24 +354,24 @@ def _report(model, pruned, example_input, layers) -> dict:
             "per_layer": per_layer}
 
 
-@sosp_prune.register_pruner("eigendamage", cost_normalizable=False, min_fraction=AUTHORS_MIN_FRACTION)
-def eigendamage(model: nn.Module, batches: Iterable, ratio: float, *, example_input: torch.Tensor,
-                target: str = "structures", num_samples: int | None = None, seed: int = 0,
-                min_channels: int = 1, min_fraction: float = AUTHORS_MIN_FRACTION,
-                mode: str = "one_pass", steps: int = 3, finetune_fn: Callable | None = None, **unknown):
+@register("eigendamage", "pruner", options=OPTIONS, cost_normalizable=False, min_fraction=AUTHORS_MIN_FRACTION)
+def eigendamage(model: nn.Module, batches: Iterable, ratio: float, *, example_input: torch.Tensor, target: str,
+                num_samples: int | None, seed: int, min_channels: int, min_fraction: float, mode: str, steps: int,
+                finetune_fn: Callable | None) -> sosp_prune.PruneResult:
     """EigenDamage: remove the fraction ``ratio`` of all eigen-directions (or of the base model's
     params/MACs with ``target``, one-pass only) and reparameterise every layer that gets smaller.
 
     ``result.removed`` maps ``"<layer>:in"`` / ``"<layer>:out"`` to the removed eigen-direction indices
     (ascending eigenvalue order; last round only in iterative mode) of every reparameterised layer.
     """
-    if unknown:
-        raise ConfigError(f"method 'eigendamage' has no option(s) {', '.join(sorted(unknown))}; "
-                          "options: mode, steps, finetune_fn (and the selection's min_channels, min_fraction)")
-    if mode not in MODES:
-        raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     if target not in sosp_prune.TARGETS:
         raise ConfigError(f"target must be one of {', '.join(sosp_prune.TARGETS)}, got {target!r}")
+    rounds = 1
+    if mode == "iterative":
+        if target != "structures":
+            raise ConfigError(f"eigendamage mode 'iterative' removes a fraction of eigen-directions; "
+                              f"target {target!r} needs mode 'one_pass'")
+        rounds = check_positive_int("steps", steps)
     ratio = sosp_prune.check_ratio(ratio)
     floor = sosp_prune.check_floor(min_channels, min_fraction)
     example_input = example_input[:1]
@@ -592,12 +379,17 @@ def eigendamage(model: nn.Module, batches: Iterable, ratio: float, *, example_in
     layers, _ = candidate_layers(model, example_input)
     total = sum(sum(direction_counts(layer)) for layer in layers.values())
     start = time.perf_counter()
-    pruned, done, seconds, skipped = MODES[mode](model, data, ratio, total, example_input, seed, target,
-                                                 steps, finetune_fn, floor)
+    pruned, done, seconds = model, {}, 0.0
+    for step in range(1, rounds + 1):  # each round recomputes the factors of the current network
+        pruned, done, round_seconds, skipped = _one_round(pruned, data, ratio * step / rounds, total,
+                                                          example_input, seed, target, floor)
+        seconds += round_seconds
+        if finetune_fn is not None and step < rounds:
+            finetune_fn(pruned, data)
     surgery_seconds = time.perf_counter() - start - seconds
     removed = {f"{name}:{side}": idx for name, sides in done.items() for side, idx in sides.items()}
     report = _report(model, pruned, example_input, layers)
     report.update(ratio=ratio, target=target, min_channels=floor[0], min_fraction=floor[1], normalize="none",
-                  mode=mode, steps=steps if mode == "iterative" else 1,
-                  saliency_seconds=seconds, surgery_seconds=surgery_seconds, skipped_layers=skipped)
+                  mode=mode, steps=rounds, saliency_seconds=seconds, surgery_seconds=surgery_seconds,
+                  skipped_layers=skipped)
     return sosp_prune.PruneResult(model=pruned.eval(), removed=removed, report=report)
