@@ -1,6 +1,7 @@
 # Two entry points, both self-contained on a fresh clone:
 #   make workflow   create .venv, install the suite, run the default Snakemake workflow
-#   make test       create .venv, install the suite with test extras, run the test suite
+#   make test       create .venv, install the suite with test extras, lint (make lint), run the test suite
+#   make lint       ruff (lint + format check), snakefmt --check, snakemake --lint (justified findings only)
 #   make test-fast  the same without the tests marked slow
 PYTHON ?= python3
 VENV   ?= .venv
@@ -8,7 +9,7 @@ CORES  ?= 2
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install workflow figures test test-fast benchmarks benchmarks-quick benchmarks-gpu benchmarks-workflow
+.PHONY: install workflow figures lint test test-fast benchmarks benchmarks-quick benchmarks-gpu benchmarks-workflow
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,7 +25,13 @@ workflow: $(STAMP)
 figures: $(STAMP)
 	$(BIN)/snakemake --cores 1 --profile workflow/profiles/default figures
 
-test: $(STAMP)
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/snakefmt --check Snakefile workflow/rules
+	$(BIN)/python workflow/lint.py
+
+test: lint
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -n 2 --dist loadgroup -q
 
 test-fast: $(STAMP)

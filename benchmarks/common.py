@@ -18,6 +18,7 @@ Output: every CSV goes through :func:`sosp.io.write_atomic` (temporary file + re
 ``results/benchmarks/`` (:data:`OUT_DIR`), with the environment record (:func:`environment`) repeated
 in columns prefixed ``env_`` on every row, so a row is self-describing.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,8 +32,8 @@ import platform
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `python benchmarks/x.py` from a checkout without an installed package
@@ -52,12 +53,15 @@ OUT_DIR = ROOT / "results" / "benchmarks"
 
 
 def base_parser(description: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=description,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--quick", action="store_true",
-                        help="smoke sizes (seconds to a minute or two) and one torch thread unless --threads")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch intra-op threads (default: all usable cores; 1 with --quick)")
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke sizes (seconds to a minute or two) and one torch thread unless --threads",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch intra-op threads (default: all usable cores; 1 with --quick)"
+    )
     parser.add_argument("--out-dir", type=Path, default=OUT_DIR, help="where the CSVs and figures go")
     return parser
 
@@ -90,9 +94,13 @@ def synchronizer(device: torch.device | str | None) -> Callable[[], None]:
     return lambda: None
 
 
-def interleaved(callables: Mapping[str, Callable[[], object]], rounds: int, warmup: int = 1,
-                device: torch.device | str | None = None, log: Callable[[str], None] | None = None
-                ) -> dict[str, list[float]]:
+def interleaved(
+    callables: Mapping[str, Callable[[], object]],
+    rounds: int,
+    warmup: int = 1,
+    device: torch.device | str | None = None,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, list[float]]:
     """Seconds of every call of every callable: ``warmup`` untimed rounds, then ``rounds`` timed ones.
 
     Round ``r`` calls the callables in their given order rotated by ``r`` positions. On CUDA the
@@ -121,8 +129,14 @@ def interleaved(callables: Mapping[str, Callable[[], object]], rounds: int, warm
 def summarise(samples: Sequence[float]) -> dict[str, float]:
     """Median, quartiles and inter-quartile range (``numpy.percentile``, linear), and the count."""
     q25, median, q75 = np.percentile(np.asarray(samples, dtype=float), [25, 50, 75])
-    return {"median": float(median), "q25": float(q25), "q75": float(q75), "iqr": float(q75 - q25),
-            "min": float(min(samples)), "n": len(samples)}
+    return {
+        "median": float(median),
+        "q25": float(q25),
+        "q75": float(q75),
+        "iqr": float(q75 - q25),
+        "min": float(min(samples)),
+        "n": len(samples),
+    }
 
 
 def paired_ratio(samples: Sequence[float], reference: Sequence[float]) -> dict[str, float]:
@@ -180,8 +194,11 @@ def peak_memory(fn: Callable[[], object], device: torch.device | str | None = No
         fn()
         torch.cuda.synchronize(device)
         peak = torch.cuda.max_memory_allocated(device)
-        return {"peak_extra_mib": (peak - before) / 2**20, "peak_total_mib": peak / 2**20,
-                "memory_method": "cuda.max_memory_allocated"}
+        return {
+            "peak_extra_mib": (peak - before) / 2**20,
+            "peak_total_mib": peak / 2**20,
+            "memory_method": "cuda.max_memory_allocated",
+        }
     _malloc_trim()
     try:
         with open("/proc/self/clear_refs", "w") as f:
@@ -192,8 +209,11 @@ def peak_memory(fn: Callable[[], object], device: torch.device | str | None = No
         return {"peak_extra_mib": math.nan, "peak_total_mib": math.nan, "memory_method": "unavailable"}
     fn()
     peak = _status_kib("VmHWM")
-    return {"peak_extra_mib": (peak - before) / 1024, "peak_total_mib": peak / 1024,
-            "memory_method": "VmHWM-after-clear_refs"}
+    return {
+        "peak_extra_mib": (peak - before) / 1024,
+        "peak_total_mib": peak / 1024,
+        "memory_method": "VmHWM-after-clear_refs",
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -203,10 +223,16 @@ def peak_memory(fn: Callable[[], object], device: torch.device | str | None = No
 def git_commit() -> str | None:
     """HEAD of the checkout holding the benchmarks, ``+dirty`` if tracked files changed."""
     try:
-        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True,
-                              text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+        head = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
         return head + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return None

@@ -23,6 +23,7 @@ would not fit and says so in the log.
     python benchmarks/gpu.py            # everything
     python benchmarks/gpu.py --quick    # smoke sizes (a minute)
 """
+
 from __future__ import annotations
 
 import copy
@@ -54,8 +55,11 @@ class Budget:
 
 def gpu_env(device) -> dict:
     env = common.environment(device)
-    env.update(env_tf32_matmul=torch.backends.cuda.matmul.allow_tf32, env_tf32_cudnn=torch.backends.cudnn.allow_tf32,
-               env_cudnn_version=torch.backends.cudnn.version())
+    env.update(
+        env_tf32_matmul=torch.backends.cuda.matmul.allow_tf32,
+        env_tf32_cudnn=torch.backends.cudnn.allow_tf32,
+        env_cudnn_version=torch.backends.cudnn.version(),
+    )
     return env
 
 
@@ -72,8 +76,9 @@ def scoring_section(args, device, budget: Budget) -> None:
         if not budget.allows(40 if not args.quick else 10, f"scoring on {arch}"):
             break
         case = scoring.Case(arch, args.batch_size, device)
-        rows += scoring.benchmark_case(case, scoring.method_entries(case, sosp_i=arch in args.sosp_i_models),
-                                       args.rounds, 1, memory=True, env=env)
+        rows += scoring.benchmark_case(
+            case, scoring.method_entries(case, sosp_i=arch in args.sosp_i_models), args.rounds, 1, memory=True, env=env
+        )
         del case
         torch.cuda.empty_cache()
         common.write_csv(args.out_dir / "gpu_scoring.csv", rows)
@@ -90,7 +95,7 @@ def bare_epoch(model, x, y, lr, generator, batch_size, channels_last: bool, bf16
     n = len(x)
     order = torch.randperm(n, generator=generator).to(x.device)
     for start in range(0, n - n % batch_size, batch_size):
-        idx = order[start:start + batch_size]
+        idx = order[start : start + batch_size]
         xb = x[idx]
         if channels_last:
             xb = xb.contiguous(memory_format=torch.channels_last)
@@ -120,23 +125,29 @@ def training_section(args, device, budget: Budget) -> None:
     for arch in args.train_models:
         torch.manual_seed(0)
         base = models.create(arch, num_classes=10).to(device)
-        variants = {"bare_fp32": (False, False), "bare_channels_last": (True, False),
-                    "bare_channels_last_bf16": (True, True)}
+        variants = {
+            "bare_fp32": (False, False),
+            "bare_channels_last": (True, False),
+            "bare_channels_last_bf16": (True, True),
+        }
         nets = {name: copy.deepcopy(base) for name in [*variants, "sosp.train"]}
         for name, (cl, _) in variants.items():
             if cl:
                 nets[name].to(memory_format=torch.channels_last)
         state = {"round": 0}
 
-        def make(name):
+        def make(name, nets=nets, state=state, variants=variants):
             if name == "sosp.train":
+
                 def run():
                     state["round"] += 1
                     train(nets[name], bundle, config, seed=state["round"], device=device, progress=False)
+
                 return run
             cl, bf16 = variants[name]
-            return lambda: bare_epoch(nets[name], x, y, config.lr, torch.Generator().manual_seed(state["round"]),
-                                      bs, cl, bf16)
+            return lambda: bare_epoch(
+                nets[name], x, y, config.lr, torch.Generator().manual_seed(state["round"]), bs, cl, bf16
+            )
 
         loops = {name: make(name) for name in nets}
         times = common.interleaved(loops, rounds=args.rounds, warmup=1, device=device, log=common.log)
@@ -146,12 +157,23 @@ def training_section(args, device, budget: Budget) -> None:
             s = common.summarise(samples)
             ips = common.summarise([n_images / t for t in samples])
             ratio = common.paired_ratio(ref, samples)
-            rows.append({"model": arch, "loop": name, "batch_size": bs, "images_per_epoch": n_images,
-                         "data": "random, GPU-resident", "epoch_seconds_median": s["median"],
-                         "epoch_seconds_iqr": s["iqr"], "rounds": s["n"],
-                         "images_per_second_median": ips["median"], "images_per_second_iqr": ips["iqr"],
-                         "throughput_ratio_to_bare_channels_last_bf16": ratio["median"],
-                         "throughput_ratio_iqr": ratio["iqr"], **env})
+            rows.append(
+                {
+                    "model": arch,
+                    "loop": name,
+                    "batch_size": bs,
+                    "images_per_epoch": n_images,
+                    "data": "random, GPU-resident",
+                    "epoch_seconds_median": s["median"],
+                    "epoch_seconds_iqr": s["iqr"],
+                    "rounds": s["n"],
+                    "images_per_second_median": ips["median"],
+                    "images_per_second_iqr": ips["iqr"],
+                    "throughput_ratio_to_bare_channels_last_bf16": ratio["median"],
+                    "throughput_ratio_iqr": ratio["iqr"],
+                    **env,
+                }
+            )
             common.log(f"  {arch} {name:26s} {ips['median']:9.0f} images/s  x{ratio['median']:.3f} of bare cl+bf16")
         del nets, base
         torch.cuda.empty_cache()
@@ -168,8 +190,11 @@ def latency_section(args, device, budget: Budget) -> None:
 
     env = gpu_env(device)
     rows = []
-    variants = {"fp32": (torch.float32, False), "fp32_channels_last": (torch.float32, True),
-                "bf16_channels_last": (torch.bfloat16, True)}
+    variants = {
+        "fp32": (torch.float32, False),
+        "fp32_channels_last": (torch.float32, True),
+        "bf16_channels_last": (torch.bfloat16, True),
+    }
     for arch in args.latency_models:
         if not budget.allows(15 if not args.quick else 5, f"latency of {arch}"):
             break
@@ -182,9 +207,20 @@ def latency_section(args, device, budget: Budget) -> None:
             for b in args.latency_batches:
                 x = torch.randn(b, 3, 32, 32, device=device, dtype=dtype).contiguous(memory_format=fmt)
                 r = measure_latency(model, x, device=device, warmup=10, iters=30)
-                rows.append({"model": arch, "variant": vname, "batch_size": b, "median_ms": r["median_ms"],
-                             "iqr_ms": r["iqr_ms"], "images_per_second": b / (r["median_ms"] / 1e3),
-                             "warmup": r["warmup"], "iters": r["iters"], **env, "env_dtype": r["dtype"]})
+                rows.append(
+                    {
+                        "model": arch,
+                        "variant": vname,
+                        "batch_size": b,
+                        "median_ms": r["median_ms"],
+                        "iqr_ms": r["iqr_ms"],
+                        "images_per_second": b / (r["median_ms"] / 1e3),
+                        "warmup": r["warmup"],
+                        "iters": r["iters"],
+                        **env,
+                        "env_dtype": r["dtype"],
+                    }
+                )
                 common.log(f"  {arch} {vname:20s} batch {b:4d}: {r['median_ms']:.3f} ms (IQR {r['iqr_ms']:.3f})")
             del model
         torch.cuda.empty_cache()
@@ -198,8 +234,9 @@ def main(argv=None) -> int:
     parser = common.base_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--budget-s", type=float, default=450, help="stop starting new sections after this")
-    parser.add_argument("--sections", nargs="+", default=["scoring", "training", "latency"],
-                        choices=["scoring", "training", "latency"])
+    parser.add_argument(
+        "--sections", nargs="+", default=["scoring", "training", "latency"], choices=["scoring", "training", "latency"]
+    )
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=None, help="timed rounds (default 7; quick: 3)")
     parser.add_argument("--models", nargs="+", default=None, help="scoring models")
@@ -209,9 +246,11 @@ def main(argv=None) -> int:
     parser.add_argument("--latency-batches", nargs="+", type=int, default=[1, 256])
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
-        print("benchmarks/gpu.py needs a CUDA GPU: torch.cuda.is_available() is False "
-              f"(torch {torch.__version__}, CUDA build {torch.version.cuda}). Nothing was run or written.",
-              file=sys.stderr)
+        print(
+            "benchmarks/gpu.py needs a CUDA GPU: torch.cuda.is_available() is False "
+            f"(torch {torch.__version__}, CUDA build {torch.version.cuda}). Nothing was run or written.",
+            file=sys.stderr,
+        )
         return 2
     device = torch.device(args.device)
     if device.type != "cuda":

@@ -32,6 +32,7 @@ Outputs (``--out-dir``, default ``results/benchmarks``): ``scoring.csv``, ``scal
     python benchmarks/scoring.py --quick      # smoke sizes, one thread, about a minute
     python benchmarks/scoring.py              # full: four models, batch 128, all cores
 """
+
 from __future__ import annotations
 
 import json
@@ -39,8 +40,8 @@ import math
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -49,16 +50,20 @@ import torch.nn as nn  # noqa: E402
 
 from benchmarks import common  # noqa: E402
 from sosp import measure, models, saliency  # noqa: E402
+from sosp.errors import SospError  # noqa: E402
 from sosp.methods import names as method_names  # noqa: E402
 from sosp.methods.sosp_i import check_pairwise_memory  # noqa: E402
-from sosp.errors import SospError  # noqa: E402
 from sosp.structures import channel_groups, total_structures  # noqa: E402
 
 REFERENCE = "taylor"
 # extra option sets per method: one row each (a method not listed runs with its defaults)
 VARIANTS: dict[str, list[dict]] = {
-    "sosp_h": [{"combine": "separate"}, {"combine": "joint"}, {"combine": "second_order"},
-               {"combine": "separate", "curvature": "hessian"}],
+    "sosp_h": [
+        {"combine": "separate"},
+        {"combine": "joint"},
+        {"combine": "second_order"},
+        {"combine": "separate", "curvature": "hessian"},
+    ],
 }
 EIGENDAMAGE_PARTS = ("factors", "factors+eigh")
 FULL_MODELS = ("resnet20", "resnet56", "resnet110", "vgg16")
@@ -99,8 +104,7 @@ def calibrate_batchnorm(model: nn.Module, x: torch.Tensor) -> None:
 class Case:
     """One model at CIFAR shape with its groups and one random batch on ``device``."""
 
-    def __init__(self, arch: str, batch_size: int, device="cpu", seed: int = 0, num_classes: int = 10,
-                 **model_options):
+    def __init__(self, arch: str, batch_size: int, device="cpu", seed: int = 0, num_classes: int = 10, **model_options):
         self.arch, self.batch_size, self.device = arch, batch_size, torch.device(device)
         self.width_multiplier = model_options.get("width_multiplier", 1.0)
         torch.manual_seed(seed)
@@ -120,9 +124,17 @@ class Case:
         return [(self.x, self.y)]
 
     def describe(self) -> dict:
-        return {"model": self.name, "arch": self.arch, "width_multiplier": self.width_multiplier,
-                "batch_size": self.batch_size, "num_structures": self.S, "num_groups": len(self.groups),
-                "params": self.params, "macs_per_sample": self.macs, "macs_per_batch": self.macs * self.batch_size}
+        return {
+            "model": self.name,
+            "arch": self.arch,
+            "width_multiplier": self.width_multiplier,
+            "batch_size": self.batch_size,
+            "num_structures": self.S,
+            "num_groups": len(self.groups),
+            "params": self.params,
+            "macs_per_sample": self.macs,
+            "macs_per_batch": self.macs * self.batch_size,
+        }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -137,8 +149,12 @@ def method_entries(case: Case, sosp_i: bool, methods: list[str] | None = None) -
     entries = []
     for name in names:
         for options in VARIANTS.get(name, [{}]):
-            entry = {"label": label(name, options), "method": name, "options": options,
-                     "reads_batches": name not in ("random", "magnitude")}
+            entry = {
+                "label": label(name, options),
+                "method": name,
+                "options": options,
+                "reads_batches": name not in ("random", "magnitude"),
+            }
             if name == "sosp_i":
                 entry["skip"] = None if sosp_i else "not in --sosp-i-models"
                 if sosp_i:
@@ -146,8 +162,9 @@ def method_entries(case: Case, sosp_i: bool, methods: list[str] | None = None) -
                         check_pairwise_memory(case.S, next(case.model.parameters()).dtype)
                     except SospError as err:
                         entry["skip"] = f"memory check: {err}"
-            entry["fn"] = (lambda name=name, options=options:
-                           saliency.score(name, case.model, case.groups, case.batches(), **options))
+            entry["fn"] = lambda name=name, options=options: saliency.score(
+                name, case.model, case.groups, case.batches(), **options
+            )
             entries.append(entry)
     if methods is None or "eigendamage" in methods:
         entries += eigendamage_entries(case)
@@ -158,14 +175,32 @@ def eigendamage_entries(case: Case) -> list[dict]:
     try:
         from sosp.methods import eigendamage as ed
     except ImportError as err:
-        return [{"label": "eigendamage", "method": "eigendamage", "options": {}, "reads_batches": True,
-                 "skip": f"import failed: {err}", "fn": None}]
+        return [
+            {
+                "label": "eigendamage",
+                "method": "eigendamage",
+                "options": {},
+                "reads_batches": True,
+                "skip": f"import failed: {err}",
+                "fn": None,
+            }
+        ]
     layers, _ = ed.candidate_layers(case.model, case.x[:1])
     cores = {name: ed._core(layer) for name, layer in layers.items()}
-    fns = {"factors": lambda: ed.kfac_factors(case.model, case.batches(), cores),
-           "factors+eigh": lambda: ed.score_layers(case.model, case.batches(), layers)}
-    return [{"label": label("eigendamage", {"part": part}), "method": "eigendamage", "options": {"part": part},
-             "reads_batches": True, "fn": fns[part]} for part in EIGENDAMAGE_PARTS]
+    fns = {
+        "factors": lambda: ed.kfac_factors(case.model, case.batches(), cores),
+        "factors+eigh": lambda: ed.score_layers(case.model, case.batches(), layers),
+    }
+    return [
+        {
+            "label": label("eigendamage", {"part": part}),
+            "method": "eigendamage",
+            "options": {"part": part},
+            "reads_batches": True,
+            "fn": fns[part],
+        }
+        for part in EIGENDAMAGE_PARTS
+    ]
 
 
 def _runnable(entries: list[dict]) -> tuple[dict[str, Callable], dict[str, str]]:
@@ -184,14 +219,17 @@ def _runnable(entries: list[dict]) -> tuple[dict[str, Callable], dict[str, str]]
     return ok, failed
 
 
-def benchmark_case(case: Case, entries: list[dict], rounds: int, warmup: int, memory: bool,
-                   env: dict) -> list[dict]:
+def benchmark_case(case: Case, entries: list[dict], rounds: int, warmup: int, memory: bool, env: dict) -> list[dict]:
     """One row per entry: time per batch (median, IQR), ratio to Taylor, peak memory."""
-    common.log(f"{case.name}: S={case.S}, {case.macs / 1e6:.2f} M MACs/sample, batch {case.batch_size}, "
-               f"{len(entries)} methods")
+    common.log(
+        f"{case.name}: S={case.S}, {case.macs / 1e6:.2f} M MACs/sample, batch {case.batch_size}, {len(entries)} methods"
+    )
     fns, failed = _runnable(entries)
-    times = common.interleaved(fns, rounds=rounds, warmup=max(0, warmup - 1), device=case.device,
-                               log=common.log) if fns else {}
+    times = (
+        common.interleaved(fns, rounds=rounds, warmup=max(0, warmup - 1), device=case.device, log=common.log)
+        if fns
+        else {}
+    )
     mem = {}
     if memory:
         for name, fn in fns.items():
@@ -200,26 +238,42 @@ def benchmark_case(case: Case, entries: list[dict], rounds: int, warmup: int, me
     rows = []
     for e in entries:
         name = e["label"]
-        row = {**case.describe(), "method": e["method"], "label": name,
-               "options": json.dumps(e["options"], sort_keys=True), "reads_batches": e["reads_batches"]}
+        row = {
+            **case.describe(),
+            "method": e["method"],
+            "label": name,
+            "options": json.dumps(e["options"], sort_keys=True),
+            "reads_batches": e["reads_batches"],
+        }
         if name in times:
             s = common.summarise(times[name])
-            row.update(status="ok", time_median_ms=1e3 * s["median"], time_q25_ms=1e3 * s["q25"],
-                       time_q75_ms=1e3 * s["q75"], time_iqr_ms=1e3 * s["iqr"], time_min_ms=1e3 * s["min"],
-                       rounds=s["n"])
+            row.update(
+                status="ok",
+                time_median_ms=1e3 * s["median"],
+                time_q25_ms=1e3 * s["q25"],
+                time_q75_ms=1e3 * s["q75"],
+                time_iqr_ms=1e3 * s["iqr"],
+                time_min_ms=1e3 * s["min"],
+                rounds=s["n"],
+            )
             if ref:
                 r = common.paired_ratio(times[name], ref)
-                row.update(ratio_to_taylor=r["median"], ratio_to_taylor_iqr=r["iqr"],
-                           ratio_of_medians=s["median"] / common.summarise(ref)["median"])
+                row.update(
+                    ratio_to_taylor=r["median"],
+                    ratio_to_taylor_iqr=r["iqr"],
+                    ratio_of_medians=s["median"] / common.summarise(ref)["median"],
+                )
             row["ms_per_sample"] = 1e3 * s["median"] / case.batch_size if e["reads_batches"] else math.nan
             row.update(mem.get(name, {}))
         else:
             row["status"] = failed.get(name, "not run")
         rows.append({**row, **env})
         if name in times:
-            common.log(f"  {name:40s} {row['time_median_ms']:9.1f} ms  (IQR {row['time_iqr_ms']:.1f})"
-                       f"  x{row.get('ratio_to_taylor', math.nan):.2f} Taylor"
-                       f"  peak +{row.get('peak_extra_mib', math.nan):.0f} MiB")
+            common.log(
+                f"  {name:40s} {row['time_median_ms']:9.1f} ms  (IQR {row['time_iqr_ms']:.1f})"
+                f"  x{row.get('ratio_to_taylor', math.nan):.2f} Taylor"
+                f"  peak +{row.get('peak_extra_mib', math.nan):.0f} MiB"
+            )
         else:
             common.log(f"  {name:40s} {row['status']}")
     return rows
@@ -231,8 +285,11 @@ def scaling_rows(batch_size: int, rounds: int, warmup: int, macs_models, widths,
     plans += [("structures", "resnet20", {"width_multiplier": w}, ["taylor", "sosp_h", "sosp_i"]) for w in widths]
     for kind, arch, options, methods in plans:
         case = Case(arch, batch_size, device, **options)
-        entries = [e for e in method_entries(case, sosp_i="sosp_i" in methods, methods=methods)
-                   if e["options"] in ({}, {"combine": "separate"})]
+        entries = [
+            e
+            for e in method_entries(case, sosp_i="sosp_i" in methods, methods=methods)
+            if e["options"] in ({}, {"combine": "separate"})
+        ]
         for row in benchmark_case(case, entries, rounds, warmup, memory=False, env=env):
             rows.append({"sweep": kind, **row})
     return rows
@@ -251,12 +308,21 @@ def figure(scoring: list[dict], scaling: list[dict], stem: Path) -> list[Path]:
 
     fig, axes = plt.subplots(1, 3, figsize=(17, 4.8), gridspec_kw={"width_ratios": [2.2, 1, 1]})
     env = (scoring or scaling)[0]
-    fig.suptitle(f"Scoring cost per batch — {env['env_device_name']}, torch {env['env_torch_version']}, "
-                 f"{env['env_threads']} thread(s), {env['env_dtype']}", fontsize=10)
+    fig.suptitle(
+        f"Scoring cost per batch — {env['env_device_name']}, torch {env['env_torch_version']}, "
+        f"{env['env_threads']} thread(s), {env['env_dtype']}",
+        fontsize=10,
+    )
 
     ax = axes[0]
-    ok = [r for r in scoring if r.get("status") == "ok" and r.get("reads_batches")
-          and r.get("ratio_to_taylor") is not None and not math.isnan(r.get("ratio_to_taylor", math.nan))]
+    ok = [
+        r
+        for r in scoring
+        if r.get("status") == "ok"
+        and r.get("reads_batches")
+        and r.get("ratio_to_taylor") is not None
+        and not math.isnan(r.get("ratio_to_taylor", math.nan))
+    ]
     labels = list(dict.fromkeys(r["label"] for r in ok))
     cases = list(dict.fromkeys(r["model"] for r in ok))
     width = 0.8 / max(1, len(cases))
@@ -279,11 +345,15 @@ def figure(scoring: list[dict], scaling: list[dict], stem: Path) -> list[Path]:
     ax = axes[1]
     macs = [r for r in scaling if r.get("sweep") == "macs" and r.get("status") == "ok"]
     for lab in dict.fromkeys(r["label"] for r in macs):
-        pts = sorted((r["macs_per_sample"] / 1e6, r["time_median_ms"], r["time_iqr_ms"], r["model"])
-                     for r in macs if r["label"] == lab)
+        pts = sorted(
+            (r["macs_per_sample"] / 1e6, r["time_median_ms"], r["time_iqr_ms"], r["model"])
+            for r in macs
+            if r["label"] == lab
+        )
         if pts:
-            ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] / 2 for p in pts], marker="o",
-                        capsize=2, label=lab)
+            ax.errorbar(
+                [p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] / 2 for p in pts], marker="o", capsize=2, label=lab
+            )
             if lab == "taylor":
                 for p in pts:
                     ax.annotate(p[3], (p[0], p[1]), fontsize=6, textcoords="offset points", xytext=(3, -9))
@@ -297,10 +367,14 @@ def figure(scoring: list[dict], scaling: list[dict], stem: Path) -> list[Path]:
     ax = axes[2]
     struct = [r for r in scaling if r.get("sweep") == "structures" and r.get("status") == "ok"]
     for lab in dict.fromkeys(r["label"] for r in struct):
-        pts = sorted((r["num_structures"], r["time_median_ms"], r["time_iqr_ms"], r["width_multiplier"])
-                     for r in struct if r["label"] == lab)
-        ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] / 2 for p in pts], marker="o",
-                    capsize=2, label=lab)
+        pts = sorted(
+            (r["num_structures"], r["time_median_ms"], r["time_iqr_ms"], r["width_multiplier"])
+            for r in struct
+            if r["label"] == lab
+        )
+        ax.errorbar(
+            [p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] / 2 for p in pts], marker="o", capsize=2, label=lab
+        )
         if lab == "sosp_i":
             for p in pts:
                 ax.annotate(f"w{p[3]:g}", (p[0], p[1]), fontsize=6, textcoords="offset points", xytext=(3, 3))
@@ -321,13 +395,21 @@ def figure(scoring: list[dict], scaling: list[dict], stem: Path) -> list[Path]:
 
 def main(argv=None) -> int:
     parser = common.base_parser(__doc__.split("\n\n")[0])
-    parser.add_argument("--models", nargs="+", default=None,
-                        help=f"architectures (default {' '.join(FULL_MODELS)}; quick: {' '.join(QUICK_MODELS)})")
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        default=None,
+        help=f"architectures (default {' '.join(FULL_MODELS)}; quick: {' '.join(QUICK_MODELS)})",
+    )
     parser.add_argument("--batch-size", type=int, default=None, help="default 128 (quick: 64)")
     parser.add_argument("--rounds", type=int, default=None, help="timed rounds (default 7; quick: 3)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds (the first counts as a check)")
-    parser.add_argument("--sosp-i-models", nargs="*", default=["resnet20", "resnet56"],
-                        help="models SOSP-I is timed on (if its memory check passes)")
+    parser.add_argument(
+        "--sosp-i-models",
+        nargs="*",
+        default=["resnet20", "resnet56"],
+        help="models SOSP-I is timed on (if its memory check passes)",
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory pass")
     parser.add_argument("--no-scaling", action="store_true", help="skip scaling.csv")
@@ -342,16 +424,28 @@ def main(argv=None) -> int:
     rows = []
     for arch in models_:
         case = Case(arch, batch_size, args.device)
-        rows += benchmark_case(case, method_entries(case, sosp_i=arch in args.sosp_i_models), rounds,
-                               args.warmup, memory=not args.no_memory, env=env)
+        rows += benchmark_case(
+            case,
+            method_entries(case, sosp_i=arch in args.sosp_i_models),
+            rounds,
+            args.warmup,
+            memory=not args.no_memory,
+            env=env,
+        )
         del case
     out = common.write_csv(args.out_dir / "scoring.csv", rows)
     common.log(f"wrote {out}")
     scaling = []
     if not args.no_scaling:
-        scaling = scaling_rows(batch_size, rounds, args.warmup,
-                               QUICK_MACS_MODELS if args.quick else MACS_MODELS,
-                               QUICK_WIDTHS if args.quick else WIDTHS, args.device, env)
+        scaling = scaling_rows(
+            batch_size,
+            rounds,
+            args.warmup,
+            QUICK_MACS_MODELS if args.quick else MACS_MODELS,
+            QUICK_WIDTHS if args.quick else WIDTHS,
+            args.device,
+            env,
+        )
         common.log(f"wrote {common.write_csv(args.out_dir / 'scaling.csv', scaling)}")
     for p in figure(rows, scaling, args.out_dir / "scoring"):
         common.log(f"wrote {p}")

@@ -47,6 +47,7 @@ subset size; columns in benchmarks/README.md) and a summary table on stdout.
     nice -n 5 python benchmarks/sosp_i_mc.py --quick     # smoke: ResNet-20, N=128, K<=4, about 15 s
     nice -n 5 python benchmarks/sosp_i_mc.py             # full: about 7 min on one thread (2.5 of them training)
 """
+
 from __future__ import annotations
 
 import copy
@@ -75,27 +76,52 @@ def parse_args(argv=None):
     parser = common.base_parser(__doc__.splitlines()[0])
     parser.set_defaults(threads=1)
     parser.add_argument("--models", nargs="+", default=None, help="CIFAR ResNets (default resnet20 resnet56)")
-    parser.add_argument("--ks", type=int, nargs="+", default=None,
-                        help="mc_samples values (default 1 4 16 64; quick 1 4)")
+    parser.add_argument(
+        "--ks", type=int, nargs="+", default=None, help="mc_samples values (default 1 4 16 64; quick 1 4)"
+    )
     parser.add_argument("--seeds", type=int, default=None, help="MC seeds per K (default 3; quick 2)")
     parser.add_argument("--samples", type=int, default=None, help="calibration samples N (default 512; quick 128)")
     parser.add_argument("--batch-size", type=int, default=128, help="calibration batch size")
-    parser.add_argument("--subset-sizes", type=int, nargs="+", default=None,
-                        help="S' of the principal-submatrix study (default 32 64 128 256 448; quick 32 128)")
+    parser.add_argument(
+        "--subset-sizes",
+        type=int,
+        nargs="+",
+        default=None,
+        help="S' of the principal-submatrix study (default 32 64 128 256 448; quick 32 128)",
+    )
     parser.add_argument("--subset-draws", type=int, default=5, help="random structure sets per S'")
-    parser.add_argument("--sample-scan", type=int, nargs="*", default=None,
-                        help="extra N for the first model (default 256 1024; quick none)")
-    parser.add_argument("--sample-scan-ks", type=int, nargs="+", default=None,
-                        help="K values of the N scan (default 1 4 16; quick 1)")
-    parser.add_argument("--nonmax-target", type=float, default=0.25,
-                        help="also score each model with its logits divided by the temperature T at which the "
-                             "mean non-argmax probability on the calibration set is this (ImageNet-like "
-                             "predictive spread; a trained digits model is far more confident); negative: skip")
-    parser.add_argument("--soft-ks", type=int, nargs="+", default=None,
-                        help="K values of that softened condition (default 1 4 16; quick 1)")
+    parser.add_argument(
+        "--sample-scan",
+        type=int,
+        nargs="*",
+        default=None,
+        help="extra N for the first model (default 256 1024; quick none)",
+    )
+    parser.add_argument(
+        "--sample-scan-ks", type=int, nargs="+", default=None, help="K values of the N scan (default 1 4 16; quick 1)"
+    )
+    parser.add_argument(
+        "--nonmax-target",
+        type=float,
+        default=0.25,
+        help="also score each model with its logits divided by the temperature T at which the "
+        "mean non-argmax probability on the calibration set is this (ImageNet-like "
+        "predictive spread; a trained digits model is far more confident); negative: skip",
+    )
+    parser.add_argument(
+        "--soft-ks",
+        type=int,
+        nargs="+",
+        default=None,
+        help="K values of that softened condition (default 1 4 16; quick 1)",
+    )
     parser.add_argument("--epochs", type=int, default=None, help="training epochs (default 20; quick 5)")
-    parser.add_argument("--model-cache", type=Path, default=None,
-                        help="folder to keep the trained models in (reused when present); default: none")
+    parser.add_argument(
+        "--model-cache",
+        type=Path,
+        default=None,
+        help="folder to keep the trained models in (reused when present); default: none",
+    )
     args = parser.parse_args(argv)
     q = args.quick
     pick = lambda v, full, quick: v if v is not None else (quick if q else full)  # noqa: E731
@@ -125,8 +151,9 @@ def trained_model(arch: str, bundle: data.DataBundle, epochs: int, cache: Path |
         return payload["model"], payload["top1"], 0.0
     torch.manual_seed(0)
     model = models.create(arch, num_classes=bundle.num_classes, in_channels=bundle.in_channels)
-    config = train.TrainConfig(**{**train.DEFAULT_DIGITS_CONFIG.to_dict(), "epochs": epochs,
-                                  "warmup_epochs": min(WARMUP_EPOCHS, epochs)})
+    config = train.TrainConfig(
+        **{**train.DEFAULT_DIGITS_CONFIG.to_dict(), "epochs": epochs, "warmup_epochs": min(WARMUP_EPOCHS, epochs)}
+    )
     start = time.perf_counter()
     train.train(model, bundle, config, seed=0, progress=False)
     seconds = time.perf_counter() - start
@@ -154,8 +181,7 @@ def confidence(model, x) -> dict:
     """Predictive spread on ``x``: mean ``1 - max_c p_c`` (the chance that a sampled label is not the
     argmax) and mean ``1 - sum_c p_c^2`` (the chance that two sampled labels differ)."""
     p = model.eval()(x).double().softmax(-1)
-    return {"mean_nonmax_prob": float((1 - p.max(-1).values).mean()),
-            "mean_gini": float((1 - (p * p).sum(-1)).mean())}
+    return {"mean_nonmax_prob": float((1 - p.max(-1).values).mean()), "mean_gini": float((1 - (p * p).sum(-1)).mean())}
 
 
 def temperature_for(model, x, target: float) -> float:
@@ -190,10 +216,12 @@ def variant_scores(g: torch.Tensor, G: torch.Tensor, idx: torch.Tensor | None = 
         g, G = g[idx], G[idx][:, idx]
     g, G = g.double(), G.double()
     absG = G.abs()
-    return {"sosp_i": g.abs() + 0.5 * absG.sum(1),
-            "offdiag": absG.sum(1) - absG.diagonal(),
-            "diag": g.abs() + 0.5 * G.diagonal(),
-            "row_sum": g.abs() + 0.5 * G.sum(1).abs()}
+    return {
+        "sosp_i": g.abs() + 0.5 * absG.sum(1),
+        "offdiag": absG.sum(1) - absG.diagonal(),
+        "diag": g.abs() + 0.5 * G.diagonal(),
+        "row_sum": g.abs() + 0.5 * G.sum(1).abs(),
+    }
 
 
 def bottom_overlap(a: torch.Tensor, b: torch.Tensor, fraction: float) -> float:
@@ -232,8 +260,24 @@ def inflation(G_mc: torch.Tensor, G_exact: torch.Tensor, idx: torch.Tensor | Non
 # One model at one calibration size
 
 
-def run_case(arch, model, top1, bundle, groups, cost, n, ks, seeds, subset_sizes, draws, batch_size,
-             env, check_score: bool, condition: str = "trained", temperature: float = 1.0) -> list[dict]:
+def run_case(
+    arch,
+    model,
+    top1,
+    bundle,
+    groups,
+    cost,
+    n,
+    ks,
+    seeds,
+    subset_sizes,
+    draws,
+    batch_size,
+    env,
+    check_score: bool,
+    condition: str = "trained",
+    temperature: float = 1.0,
+) -> list[dict]:
     S = total_structures(groups)
     x, y = bundle.train.x[:n], bundle.train.y[:n]
     if len(x) < n:
@@ -241,7 +285,7 @@ def run_case(arch, model, top1, bundle, groups, cost, n, ks, seeds, subset_sizes
 
     def batches():
         for i in range(0, n, batch_size):
-            yield x[i:i + batch_size], y[i:i + batch_size]
+            yield x[i : i + batch_size], y[i : i + batch_size]
 
     def terms(**options):
         start = time.perf_counter()
@@ -252,9 +296,12 @@ def run_case(arch, model, top1, bundle, groups, cost, n, ks, seeds, subset_sizes
     exact, exact_seconds = terms(estimator="exact")
     g_ex, G_ex = exact["g"].cpu(), exact["G"].cpu()
     sizes = [s for s in subset_sizes if s < S] + [S]
-    subsets = {s: [None] if s == S else
-               [torch.randperm(S, generator=torch.Generator().manual_seed(1000 * s + d))[:s] for d in range(draws)]
-               for s in sizes}
+    subsets = {
+        s: [None]
+        if s == S
+        else [torch.randperm(S, generator=torch.Generator().manual_seed(1000 * s + d))[:s] for d in range(draws)]
+        for s in sizes
+    }
     exact_scores = {s: [variant_scores(g_ex, G_ex, idx) for idx in subsets[s]] for s in sizes}
     full = exact_scores[S][0]["sosp_i"]
     second_share = float((0.5 * G_ex.double().abs().sum(1)).sum() / full.sum())
@@ -263,16 +310,41 @@ def run_case(arch, model, top1, bundle, groups, cost, n, ks, seeds, subset_sizes
         if not torch.allclose(ref, full, rtol=1e-4, atol=1e-12 + 1e-6 * float(full.abs().max())):
             raise RuntimeError("sosp_i variant differs from sosp.saliency.score('sosp_i'): the script is stale")
     spread = confidence(model, x)
-    base = {"model": arch, "dataset": bundle.name, "num_classes": bundle.num_classes, "test_top1": top1,
-            "condition": condition, "temperature": temperature, **spread,
-            "num_structures": S, "samples": n, "batch_size": batch_size,
-            "second_order_share": second_share, "exact_seconds": exact_seconds}
-    rows = [{**base, "estimator": "exact", "mc_samples": None, "mc_seed": None, "variant": v,
-             "subset_size": S, "subset_draws": 1, "spearman": 1.0, "seconds": exact_seconds,
-             "ratio_to_exact": 1.0, "backward_passes_per_batch": bundle.num_classes, **env}
-            for v in VARIANTS]
-    common.log(f"{arch} {condition} N={n}: S={S}, exact {exact_seconds:.2f} s, second-order share "
-               f"{second_share:.2f}, test top-1 {top1:.3f}, mean non-argmax prob {spread['mean_nonmax_prob']:.4f}")
+    base = {
+        "model": arch,
+        "dataset": bundle.name,
+        "num_classes": bundle.num_classes,
+        "test_top1": top1,
+        "condition": condition,
+        "temperature": temperature,
+        **spread,
+        "num_structures": S,
+        "samples": n,
+        "batch_size": batch_size,
+        "second_order_share": second_share,
+        "exact_seconds": exact_seconds,
+    }
+    rows = [
+        {
+            **base,
+            "estimator": "exact",
+            "mc_samples": None,
+            "mc_seed": None,
+            "variant": v,
+            "subset_size": S,
+            "subset_draws": 1,
+            "spearman": 1.0,
+            "seconds": exact_seconds,
+            "ratio_to_exact": 1.0,
+            "backward_passes_per_batch": bundle.num_classes,
+            **env,
+        }
+        for v in VARIANTS
+    ]
+    common.log(
+        f"{arch} {condition} N={n}: S={S}, exact {exact_seconds:.2f} s, second-order share "
+        f"{second_share:.2f}, test top-1 {top1:.3f}, mean non-argmax prob {spread['mean_nonmax_prob']:.4f}"
+    )
     for K in ks:
         for seed in range(seeds):
             mc, seconds = terms(estimator="mc", mc_samples=K, seed=seed)
@@ -289,16 +361,30 @@ def run_case(arch, model, top1, bundle, groups, cost, n, ks, seeds, subset_sizes
                 for v in VARIANTS:
                     if s != S and v != "sosp_i":
                         continue  # the subset study is about the |.|-before-sum variant
-                    rows.append({**base, "estimator": "mc", "mc_samples": K, "mc_seed": seed, "variant": v,
-                                 "subset_size": s, "subset_draws": len(subsets[s]), **mean_rows(per_draw[v]),
-                                 "abs_sum_inflation": float(np.mean(infl)) if v == "sosp_i" else None,
-                                 "effective_draws": n * K * spread["mean_nonmax_prob"],
-                                 "seconds": seconds, "ratio_to_exact": seconds / exact_seconds,
-                                 "backward_passes_per_batch": K + 1, **env})
+                    rows.append(
+                        {
+                            **base,
+                            "estimator": "mc",
+                            "mc_samples": K,
+                            "mc_seed": seed,
+                            "variant": v,
+                            "subset_size": s,
+                            "subset_draws": len(subsets[s]),
+                            **mean_rows(per_draw[v]),
+                            "abs_sum_inflation": float(np.mean(infl)) if v == "sosp_i" else None,
+                            "effective_draws": n * K * spread["mean_nonmax_prob"],
+                            "seconds": seconds,
+                            "ratio_to_exact": seconds / exact_seconds,
+                            "backward_passes_per_batch": K + 1,
+                            **env,
+                        }
+                    )
             full_row = next(r for r in rows[::-1] if r["variant"] == "sosp_i" and r["subset_size"] == S)
-            common.log(f"  K={K:<4} seed {seed}: spearman {full_row['spearman']:.4f}, bottom-30% overlap "
-                       f"{full_row['bottom30_overlap']:.3f}, inflation {full_row['abs_sum_inflation']:.3f}, "
-                       f"{seconds:.2f} s")
+            common.log(
+                f"  K={K:<4} seed {seed}: spearman {full_row['spearman']:.4f}, bottom-30% overlap "
+                f"{full_row['bottom30_overlap']:.3f}, inflation {full_row['abs_sum_inflation']:.3f}, "
+                f"{seconds:.2f} s"
+            )
     return rows
 
 
@@ -309,31 +395,47 @@ def run_case(arch, model, top1, bundle, groups, cost, n, ks, seeds, subset_sizes
 def summary(rows: list[dict]) -> str:
     """One line per (model, condition, N, variant, S', K): means over MC seeds (Spearman also +- the
     sample standard deviation over seeds)."""
+
     def mean(sel, col):
         values = [r.get(col) for r in sel]
         values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
         return float(np.mean(values)) if values else math.nan
 
-    key = lambda r: (r["model"], r["condition"], r["num_structures"], r["samples"], r["variant"],  # noqa: E731
-                     r["subset_size"], r["mc_samples"])
+    key = lambda r: (
+        r["model"],
+        r["condition"],
+        r["num_structures"],
+        r["samples"],
+        r["variant"],  # noqa: E731
+        r["subset_size"],
+        r["mc_samples"],
+    )
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         if r["estimator"] == "mc":
             groups.setdefault(key(r), []).append(r)
-    lines = [(f"{'model':<9} {'condition':<10} {'S':>5} {'N':>5} {'variant':<8} {'S_sub':>5} {'K':>4} "
-              f"{'spearman':>16} {'bot30':>6} {'bot50':>6} {'bot30c':>6} {'infl':>6} {'sec':>6} {'x_exact':>7}")]
+    lines = [
+        (
+            f"{'model':<9} {'condition':<10} {'S':>5} {'N':>5} {'variant':<8} {'S_sub':>5} {'K':>4} "
+            f"{'spearman':>16} {'bot30':>6} {'bot50':>6} {'bot30c':>6} {'infl':>6} {'sec':>6} {'x_exact':>7}"
+        )
+    ]
     for k, sel in groups.items():
         rho = [r["spearman"] for r in sel]
-        lines.append(f"{k[0]:<9} {k[1]:<10} {k[2]:>5} {k[3]:>5} {k[4]:<8} {k[5]:>5} {k[6]:>4} "
-                     f"{np.mean(rho):>8.4f}+-{np.std(rho, ddof=1) if len(rho) > 1 else 0.0:.4f} {mean(sel, 'bottom30_overlap'):>6.3f} "
-                     f"{mean(sel, 'bottom50_overlap'):>6.3f} {mean(sel, 'bottom30_overlap_cost'):>6.3f} "
-                     f"{mean(sel, 'abs_sum_inflation'):>6.3f} {mean(sel, 'seconds'):>6.2f} "
-                     f"{mean(sel, 'ratio_to_exact'):>7.2f}")
+        lines.append(
+            f"{k[0]:<9} {k[1]:<10} {k[2]:>5} {k[3]:>5} {k[4]:<8} {k[5]:>5} {k[6]:>4} "
+            f"{np.mean(rho):>8.4f}+-{np.std(rho, ddof=1) if len(rho) > 1 else 0.0:.4f} {mean(sel, 'bottom30_overlap'):>6.3f} "
+            f"{mean(sel, 'bottom50_overlap'):>6.3f} {mean(sel, 'bottom30_overlap_cost'):>6.3f} "
+            f"{mean(sel, 'abs_sum_inflation'):>6.3f} {mean(sel, 'seconds'):>6.2f} "
+            f"{mean(sel, 'ratio_to_exact'):>7.2f}"
+        )
     for r in rows:
         if r["estimator"] == "exact" and r["variant"] == "sosp_i":
-            lines.append(f"exact: {r['model']} {r['condition']} N={r['samples']}: {r['seconds']:.2f} s "
-                         f"({r['backward_passes_per_batch']} backward passes per batch), mean non-argmax prob "
-                         f"{r['mean_nonmax_prob']:.4f}")
+            lines.append(
+                f"exact: {r['model']} {r['condition']} N={r['samples']}: {r['seconds']:.2f} s "
+                f"({r['backward_passes_per_batch']} backward passes per batch), mean non-argmax prob "
+                f"{r['mean_nonmax_prob']:.4f}"
+            )
     return "\n".join(lines)
 
 
@@ -342,7 +444,7 @@ def main(argv=None) -> int:
     common.set_threads(args.threads, args.quick)
     env = common.environment("cpu")
     bundle = data.load("digits", val_fraction=0.1)
-    calibration = bundle.train.x[:args.samples]
+    calibration = bundle.train.x[: args.samples]
     rows = []
     for i, arch in enumerate(args.models):
         model, top1, train_seconds = trained_model(arch, bundle, args.epochs, args.model_cache)
@@ -353,14 +455,43 @@ def main(argv=None) -> int:
         if i == 0:
             ns += [(n, args.sample_scan_ks, []) for n in args.sample_scan if n != args.samples]
         for j, (n, ks, subset_sizes) in enumerate(ns):
-            rows += run_case(arch, model, top1, bundle, groups, cost, n, ks, args.seeds, subset_sizes,
-                             args.subset_draws, args.batch_size, env, check_score=j == 0)
+            rows += run_case(
+                arch,
+                model,
+                top1,
+                bundle,
+                groups,
+                cost,
+                n,
+                ks,
+                args.seeds,
+                subset_sizes,
+                args.subset_draws,
+                args.batch_size,
+                env,
+                check_score=j == 0,
+            )
         if args.nonmax_target is not None:
             t = temperature_for(model, calibration, args.nonmax_target)
             soft = softened(model, bundle.example_input, t)
-            rows += run_case(arch, soft, top1, bundle, channel_groups(soft, bundle.example_input), cost,
-                             args.samples, args.soft_ks, args.seeds, [], args.subset_draws, args.batch_size,
-                             env, check_score=False, condition=f"nonmax{args.nonmax_target:g}", temperature=t)
+            rows += run_case(
+                arch,
+                soft,
+                top1,
+                bundle,
+                channel_groups(soft, bundle.example_input),
+                cost,
+                args.samples,
+                args.soft_ks,
+                args.seeds,
+                [],
+                args.subset_draws,
+                args.batch_size,
+                env,
+                check_score=False,
+                condition=f"nonmax{args.nonmax_target:g}",
+                temperature=t,
+            )
     path = common.write_csv(args.out_dir / "sosp_i_mc.csv", rows)
     print(summary(rows))
     common.log(f"wrote {path}")

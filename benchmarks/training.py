@@ -29,6 +29,7 @@ Output: ``results/benchmarks/training.csv`` (columns: benchmarks/README.md).
     python benchmarks/training.py --quick     # resnet20, 4 steps per epoch, one thread
     python benchmarks/training.py             # resnet20 and resnet56, 16 steps per epoch, all cores
 """
+
 from __future__ import annotations
 
 import copy
@@ -72,20 +73,34 @@ def make_bundle(kind: str, n: int, seed: int = 0) -> DataBundle:
         raise SystemExit(f"--data must be random or digits, got {kind!r}")
     fill = torch.zeros(3)
     empty = Split(x=torch.empty(0, 3, 32, 32), y=torch.empty(0, dtype=torch.long), fill=fill)
-    return DataBundle(train=Split(x=x, y=y, fill=fill), val=empty, test=empty, num_classes=10, in_channels=3,
-                      image_size=32, name=f"{kind}-cifar-shape", crop_padding=0, flip=False)
+    return DataBundle(
+        train=Split(x=x, y=y, fill=fill),
+        val=empty,
+        test=empty,
+        num_classes=10,
+        in_channels=3,
+        image_size=32,
+        name=f"{kind}-cifar-shape",
+        crop_padding=0,
+        flip=False,
+    )
 
 
 def bare_epoch(model, x, y, config: TrainConfig, generator: torch.Generator, device) -> float:
     """The reference: one epoch of the plainest correct SGD loop over an in-memory tensor."""
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                                weight_decay=config.weight_decay, nesterov=config.nesterov)
+    optimizer = torch.optim.SGD(
+        model.parameters(),
+        lr=config.lr,
+        momentum=config.momentum,
+        weight_decay=config.weight_decay,
+        nesterov=config.nesterov,
+    )
     model.train()
     n, bs = len(x), config.batch_size
     order = torch.randperm(n, generator=generator).to(x.device)
     loss = None
     for start in range(0, n - n % bs, bs):
-        idx = order[start:start + bs]
+        idx = order[start : start + bs]
         out = model(x[idx])
         loss = F.cross_entropy(out, y[idx])
         optimizer.zero_grad(set_to_none=True)
@@ -94,8 +109,17 @@ def bare_epoch(model, x, y, config: TrainConfig, generator: torch.Generator, dev
     return float(loss.detach())
 
 
-def run_model(arch: str, bundle: DataBundle, config: TrainConfig, rounds: int, warmup: int, device,
-              env: dict, out_dir: Path, profile: bool) -> list[dict]:
+def run_model(
+    arch: str,
+    bundle: DataBundle,
+    config: TrainConfig,
+    rounds: int,
+    warmup: int,
+    device,
+    env: dict,
+    out_dir: Path,
+    profile: bool,
+) -> list[dict]:
     torch.manual_seed(0)
     base = models.create(arch, num_classes=10).to(device)
     m_sosp, m_bare = copy.deepcopy(base), copy.deepcopy(base)
@@ -118,23 +142,39 @@ def run_model(arch: str, bundle: DataBundle, config: TrainConfig, rounds: int, w
         s = common.summarise(samples)
         ratio = common.paired_ratio(times["bare"], samples)  # bare time / this time = this speed / bare's
         ips = common.summarise([n_images / t for t in samples])
-        row = {"model": arch, "loop": name, "data": bundle.name, "batch_size": config.batch_size,
-               "images_per_epoch": n_images, "steps_per_epoch": n_images // config.batch_size,
-               "epoch_seconds_median": s["median"], "epoch_seconds_iqr": s["iqr"], "rounds": s["n"],
-               "images_per_second_median": ips["median"], "images_per_second_iqr": ips["iqr"],
-               "throughput_ratio_to_bare": ratio["median"], "throughput_ratio_to_bare_iqr": ratio["iqr"],
-               "overhead_ms_per_step": 1e3 * (s["median"] - common.summarise(times["bare"])["median"])
-               / (n_images // config.batch_size),
-               "optimizer": f"SGD(lr={config.lr}, momentum={config.momentum}, weight_decay={config.weight_decay})",
-               "augmentation": "none (both)", **env}
+        row = {
+            "model": arch,
+            "loop": name,
+            "data": bundle.name,
+            "batch_size": config.batch_size,
+            "images_per_epoch": n_images,
+            "steps_per_epoch": n_images // config.batch_size,
+            "epoch_seconds_median": s["median"],
+            "epoch_seconds_iqr": s["iqr"],
+            "rounds": s["n"],
+            "images_per_second_median": ips["median"],
+            "images_per_second_iqr": ips["iqr"],
+            "throughput_ratio_to_bare": ratio["median"],
+            "throughput_ratio_to_bare_iqr": ratio["iqr"],
+            "overhead_ms_per_step": 1e3
+            * (s["median"] - common.summarise(times["bare"])["median"])
+            / (n_images // config.batch_size),
+            "optimizer": f"SGD(lr={config.lr}, momentum={config.momentum}, weight_decay={config.weight_decay})",
+            "augmentation": "none (both)",
+            **env,
+        }
         rows.append(row)
-        common.log(f"  {name:12s} {ips['median']:8.1f} images/s  epoch {s['median']:.3f} s (IQR {s['iqr']:.3f})"
-                   f"  x{ratio['median']:.3f} of bare")
+        common.log(
+            f"  {name:12s} {ips['median']:8.1f} images/s  epoch {s['median']:.3f} s (IQR {s['iqr']:.3f})"
+            f"  x{ratio['median']:.3f} of bare"
+        )
     ratio = rows[1]["throughput_ratio_to_bare"]
     if profile or ratio < SLOW:
         path = out_dir / f"training_profile_{arch}.txt"
-        common.log(f"  sosp.train at x{ratio:.3f} of the bare loop{' (< %.2f)' % SLOW if ratio < SLOW else ''}: "
-                   f"profiling into {path}")
+        common.log(
+            f"  sosp.train at x{ratio:.3f} of the bare loop{f' (< {SLOW:.2f})' if ratio < SLOW else ''}: "
+            f"profiling into {path}"
+        )
         text = [profile_text("sosp.train (one epoch)", sosp_epoch), profile_text("bare loop (one epoch)", bare)]
         common.write_atomic(path, lambda tmp: tmp.write_text("\n\n".join(text)))
     return rows
@@ -173,8 +213,10 @@ def main(argv=None) -> int:
     config = TrainConfig(epochs=1, batch_size=args.batch_size, lr=args.lr, momentum=0.9, weight_decay=5e-4)
     bundle = make_bundle(args.data, steps * args.batch_size)
     env = common.environment(args.device)
-    common.log(f"training benchmark: {threads} thread(s), {args.data} data, batch {args.batch_size}, "
-               f"{steps} steps/epoch, {rounds} rounds")
+    common.log(
+        f"training benchmark: {threads} thread(s), {args.data} data, batch {args.batch_size}, "
+        f"{steps} steps/epoch, {rounds} rounds"
+    )
     t0 = time.perf_counter()
     rows = []
     for arch in archs:

@@ -27,6 +27,7 @@ outside its own compute (interpreter start, imports, data loading, final evaluat
     python benchmarks/workflow.py --quick                 # parse what the last `make workflow` left
     python benchmarks/workflow.py --run --snakemake-args "--forceall"   # re-run everything, timed
 """
+
 from __future__ import annotations
 
 import csv
@@ -79,8 +80,14 @@ def collect(bench_dir: Path, since: float | None = None) -> list[dict]:
         except (ValueError, OSError) as err:
             common.log(f"skipping {path}: {err}")
             continue
-        job = {"rule": rule, "stem": str(stem), "s": _float(b.get("s")), "cpu_time": _float(b.get("cpu_time")),
-               "max_rss": _float(b.get("max_rss")), "mean_load": _float(b.get("mean_load"))}
+        job = {
+            "rule": rule,
+            "stem": str(stem),
+            "s": _float(b.get("s")),
+            "cpu_time": _float(b.get("cpu_time")),
+            "max_rss": _float(b.get("max_rss")),
+            "mean_load": _float(b.get("mean_load")),
+        }
         field = COMPUTE_FIELDS.get(rule)
         record_path = records_dir / stem.with_suffix(".json")
         record = {}
@@ -124,15 +131,21 @@ def summarise(jobs: list[dict], wall: float | None, wall_source: str, env: dict)
         field = COMPUTE_FIELDS.get(rule)
         compute = [j["compute"] for j in js if j["compute"] is not None]
         compute_sum = sum(compute) if field else 0.0
-        row = {"rule": rule, "jobs": len(js), "job_seconds": sum(s), "job_seconds_median": statistics.median(s) if s else None,
-               "job_seconds_max": max(s) if s else None,
-               "compute_field": field or "", "compute_jobs": len(compute) if field else 0,
-               "compute_seconds": compute_sum,
-               "in_job_overhead_seconds": sum(s) - compute_sum,
-               "in_job_overhead_per_job_seconds": (sum(s) - compute_sum) / len(s) if s else None,
-               "compute_fraction_of_job": compute_sum / sum(s) if s and sum(s) > 0 else None,
-               "cpu_seconds": sum(j["cpu_time"] or 0 for j in js),
-               "max_rss_mb": max((j["max_rss"] or 0 for j in js), default=None)}
+        row = {
+            "rule": rule,
+            "jobs": len(js),
+            "job_seconds": sum(s),
+            "job_seconds_median": statistics.median(s) if s else None,
+            "job_seconds_max": max(s) if s else None,
+            "compute_field": field or "",
+            "compute_jobs": len(compute) if field else 0,
+            "compute_seconds": compute_sum,
+            "in_job_overhead_seconds": sum(s) - compute_sum,
+            "in_job_overhead_per_job_seconds": (sum(s) - compute_sum) / len(s) if s else None,
+            "compute_fraction_of_job": compute_sum / sum(s) if s and sum(s) > 0 else None,
+            "cpu_seconds": sum(j["cpu_time"] or 0 for j in js),
+            "max_rss_mb": max((j["max_rss"] or 0 for j in js), default=None),
+        }
         for extra in EXTRA_FIELDS.get(rule, []):
             row[extra] = sum(j.get(extra) or 0 for j in js)
         if field and len(compute) < len(js):
@@ -140,15 +153,24 @@ def summarise(jobs: list[dict], wall: float | None, wall_source: str, env: dict)
         rows.append(row)
     job_total = sum(r["job_seconds"] for r in rows)
     compute_total = sum(r["compute_seconds"] for r in rows)
-    total = {"rule": "ALL", "jobs": sum(r["jobs"] for r in rows), "job_seconds": job_total,
-             "compute_field": "+".join(COMPUTE_FIELDS.values()), "compute_seconds": compute_total,
-             "in_job_overhead_seconds": job_total - compute_total,
-             "compute_fraction_of_job": compute_total / job_total if job_total else None,
-             "cpu_seconds": sum(r["cpu_seconds"] for r in rows),
-             "wall_seconds": wall, "wall_source": wall_source}
+    total = {
+        "rule": "ALL",
+        "jobs": sum(r["jobs"] for r in rows),
+        "job_seconds": job_total,
+        "compute_field": "+".join(COMPUTE_FIELDS.values()),
+        "compute_seconds": compute_total,
+        "in_job_overhead_seconds": job_total - compute_total,
+        "compute_fraction_of_job": compute_total / job_total if job_total else None,
+        "cpu_seconds": sum(r["cpu_seconds"] for r in rows),
+        "wall_seconds": wall,
+        "wall_source": wall_source,
+    }
     if wall:
-        total.update(overhead_seconds=wall - compute_total, overhead_fraction=(wall - compute_total) / wall,
-                     parallelism=job_total / wall)
+        total.update(
+            overhead_seconds=wall - compute_total,
+            overhead_fraction=(wall - compute_total) / wall,
+            parallelism=job_total / wall,
+        )
     rows.append(total)
     return [{**r, **env} for r in rows]
 
@@ -168,8 +190,11 @@ def wall_from_log(workdir: Path) -> tuple[float, float, str] | None:
         text = log.read_text(errors="replace").splitlines()
         if not any(re.search(r"\d+ of \d+ steps", line) for line in text):
             continue  # "Nothing to be done" or a dry run
-        stamps = [datetime.datetime.strptime(m.group(1), "%a %b %d %H:%M:%S %Y")
-                  for line in text if (m := _STAMP.match(line.strip()))]
+        stamps = [
+            datetime.datetime.strptime(m.group(1), "%a %b %d %H:%M:%S %Y")
+            for line in text
+            if (m := _STAMP.match(line.strip()))
+        ]
         start = None
         for line in text:
             if line.strip().startswith("Date:"):
@@ -192,8 +217,14 @@ def wall_from_log(workdir: Path) -> tuple[float, float, str] | None:
 
 def run_snakemake(workdir: Path, cores: int, extra: str) -> tuple[float, float]:
     exe = Path(sys.executable).with_name("snakemake")
-    cmd = [str(exe) if exe.exists() else "snakemake", "--cores", str(cores),
-           "--profile", "workflow/profiles/default", *shlex.split(extra)]
+    cmd = [
+        str(exe) if exe.exists() else "snakemake",
+        "--cores",
+        str(cores),
+        "--profile",
+        "workflow/profiles/default",
+        *shlex.split(extra),
+    ]
     common.log(f"running in {workdir}: {' '.join(cmd)}")
     start = time.time()
     t0 = time.perf_counter()
@@ -204,8 +235,9 @@ def run_snakemake(workdir: Path, cores: int, extra: str) -> tuple[float, float]:
 def main(argv=None) -> int:
     parser = common.base_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", type=Path, default=common.ROOT, help="the workflow's directory")
-    parser.add_argument("--benchmarks-dir", type=Path, default=None,
-                        help="default <workdir>/results/default/benchmarks")
+    parser.add_argument(
+        "--benchmarks-dir", type=Path, default=None, help="default <workdir>/results/default/benchmarks"
+    )
     parser.add_argument("--wall", type=float, default=None, help="the workflow's wall time in seconds")
     parser.add_argument("--run", action="store_true", help="run snakemake in --workdir and time it")
     parser.add_argument("--cores", type=int, default=2, help="snakemake --cores for --run")
@@ -233,10 +265,16 @@ def main(argv=None) -> int:
     env = common.environment()
     rows = summarise(jobs, wall, source, env)
     for r in rows:
-        common.log(f"  {r['rule']:9s} jobs {r['jobs']:3d}  job {r['job_seconds']:8.1f} s  compute "
-                   f"{r['compute_seconds']:8.1f} s  in-job overhead {r['in_job_overhead_seconds']:7.1f} s"
-                   + (f"  wall {r['wall_seconds']:.1f} s ({r['wall_source']}), overhead {r['overhead_seconds']:.1f} s"
-                      f", parallelism {r['parallelism']:.2f}" if r.get("wall_seconds") else ""))
+        common.log(
+            f"  {r['rule']:9s} jobs {r['jobs']:3d}  job {r['job_seconds']:8.1f} s  compute "
+            f"{r['compute_seconds']:8.1f} s  in-job overhead {r['in_job_overhead_seconds']:7.1f} s"
+            + (
+                f"  wall {r['wall_seconds']:.1f} s ({r['wall_source']}), overhead {r['overhead_seconds']:.1f} s"
+                f", parallelism {r['parallelism']:.2f}"
+                if r.get("wall_seconds")
+                else ""
+            )
+        )
     common.log(f"wrote {common.write_csv(args.out_dir / 'workflow.csv', rows)}")
     return 0
 

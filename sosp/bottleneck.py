@@ -4,10 +4,11 @@ Global ranking decides how much each layer loses. Layers that lose the *least* a
 network needs most: the bottlenecks. Widening them (and only them) is compared with widening every
 layer uniformly, at equal parameter counts.
 """
+
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch.nn as nn
 
@@ -23,8 +24,10 @@ def width_ratios(report: Mapping, model: nn.Module) -> dict[str, float]:
     channels, one VGG conv), so the ratio of a key is its group's removed fraction.
     """
     if not hasattr(model, "width_key"):
-        raise ConfigError(f"{type(model).__name__} has no width keys: the bottleneck study needs a CIFAR "
-                          "ResNet or VGG from sosp.models")
+        raise ConfigError(
+            f"{type(model).__name__} has no width keys: the bottleneck study needs a CIFAR "
+            "ResNet or VGG from sosp.models"
+        )
     removed, channels = defaultdict(int), defaultdict(int)
     seen = set()
     for row in report["per_layer"]:
@@ -41,7 +44,7 @@ def block_of(key: str) -> str:
     """The block/stage a width key belongs to: ``layer2.0`` -> ``layer2``, ``stage2`` -> ``layer2``; a
     key outside any stage (a VGG ``conv3``) is its own block."""
     if key.startswith("stage"):
-        return "layer" + key[len("stage"):]
+        return "layer" + key[len("stage") :]
     if key.startswith("layer"):
         return key.split(".")[0]
     return key
@@ -61,8 +64,7 @@ def block_keys(keys: Sequence[str], blocks: Sequence[str]) -> list[str]:
     return [k for k in keys if block_of(k) in chosen]
 
 
-def choose_bottlenecks(ratios: Mapping[str, float], selection: str = "fraction",
-                       value: float = 0.25) -> list[str]:
+def choose_bottlenecks(ratios: Mapping[str, float], selection: str = "fraction", value: float = 0.25) -> list[str]:
     """The width keys with the lowest pruning ratios.
 
     ``selection="fraction"``: the lowest ``value`` fraction of keys (at least one);
@@ -76,7 +78,7 @@ def choose_bottlenecks(ratios: Mapping[str, float], selection: str = "fraction",
     if selection == "fraction":
         if not 0 < value <= 1:
             raise ConfigError(f"bottleneck fraction must be in (0, 1], got {value}")
-        return ordered[:max(1, round(value * len(ordered)))]
+        return ordered[: max(1, round(value * len(ordered)))]
     return [k for k in ordered if ratios[k] <= value]
 
 
@@ -96,8 +98,14 @@ def uniform_widths(model: nn.Module, factor: float = 1.1) -> dict[str, int]:
     return widened_widths(model, list(model.width_spec()), factor)
 
 
-def width_options(spec: Mapping | None, *, arch: str, variant: str | None = None,
-                  width_multiplier: float | None = None, source: str = "--widths") -> tuple[dict, str]:
+def width_options(
+    spec: Mapping | None,
+    *,
+    arch: str,
+    variant: str | None = None,
+    width_multiplier: float | None = None,
+    source: str = "--widths",
+) -> tuple[dict, str]:
     """Model options and variant label of a network to train: ``spec`` is an analysis of
     :func:`analyse` (choose one of its ``variants``) or a plain ``{width key: channels}`` mapping;
     ``width_multiplier`` scales every width."""
@@ -108,8 +116,10 @@ def width_options(spec: Mapping | None, *, arch: str, variant: str | None = None
         if "variants" in spec:  # an analysis of `sosp bottleneck`
             variants = spec["variants"]
             if not variant or variant not in variants:
-                raise ConfigError(f"--widths {source} holds the variants {', '.join(variants)}: choose "
-                                  f"one with --variant" + (f" (not {variant!r})" if variant else ""))
+                raise ConfigError(
+                    f"--widths {source} holds the variants {', '.join(variants)}: choose "
+                    f"one with --variant" + (f" (not {variant!r})" if variant else "")
+                )
             if spec.get("arch") and spec["arch"] != arch:
                 raise ConfigError(f"--widths {source} was computed for {spec['arch']}, not {arch}")
             chosen = variants[variant]
@@ -145,10 +155,20 @@ def ratios_by_pruning_ratio(records: Sequence[Mapping], model: nn.Module) -> dic
     return by_ratio
 
 
-def analyse(model: nn.Module, meta: Mapping, records: Sequence[Mapping], *, ratio: float | None = None,
-            selection: str = "fraction", value: float = 0.25, level: str = "layer", factor: float = 2.0,
-            uniform_factor: float = 1.1, tier: str | None = None,
-            record_names: Sequence[str] = ()) -> dict:
+def analyse(
+    model: nn.Module,
+    meta: Mapping,
+    records: Sequence[Mapping],
+    *,
+    ratio: float | None = None,
+    selection: str = "fraction",
+    value: float = 0.25,
+    level: str = "layer",
+    factor: float = 2.0,
+    uniform_factor: float = 1.1,
+    tier: str | None = None,
+    record_names: Sequence[str] = (),
+) -> dict:
     """The bottleneck analysis of one base model (docs/method.md section 7): layer-wise and block-wise
     pruning ratios of its pruned records (every ratio, every seed), the bottlenecks at ``ratio`` (the
     middle ratio if None), and the widths and parameter counts of the bottleneck-widened and the
@@ -159,8 +179,10 @@ def analyse(model: nn.Module, meta: Mapping, records: Sequence[Mapping], *, rati
         if not number > 0:
             raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {number}")
     if not hasattr(model, "width_key"):
-        raise ConfigError(f"the model is a {type(model).__name__}: the bottleneck study needs a CIFAR ResNet "
-                          "or VGG from sosp.models (width keys)")
+        raise ConfigError(
+            f"the model is a {type(model).__name__}: the bottleneck study needs a CIFAR ResNet "
+            "or VGG from sosp.models (width keys)"
+        )
     names = list(record_names) or [f"record {i}" for i in range(len(records))]
     for name, rec in zip(names, records):
         if not (rec.get("details") or {}).get("prune_report", {}).get("per_layer"):
@@ -204,20 +226,41 @@ def analyse(model: nn.Module, meta: Mapping, records: Sequence[Mapping], *, rati
     uniform = uniform_widths(model, uniform_factor)
     base_rec = meta.get("record") or {}
     return {
-        "tier": tier or records[0].get("tier"), "dataset": records[0].get("dataset"), "arch": arch,
-        "arch_options": base_options, "method": records[0].get("method"),
+        "tier": tier or records[0].get("tier"),
+        "dataset": records[0].get("dataset"),
+        "arch": arch,
+        "arch_options": base_options,
+        "method": records[0].get("method"),
         "method_options": results.canonical_options(records[0].get("method_options")),
-        "target": records[0].get("target"), "ratio": float(ratio), "selection": selection,
-        "value": value, "level": level,
+        "target": records[0].get("target"),
+        "ratio": float(ratio),
+        "selection": selection,
+        "value": value,
+        "level": level,
         "seeds": sorted({r["seed"] for r in records}),
-        "by_ratio": by_ratio, "layer_ratios": mean, "block_ratios": block_mean,
-        "bottlenecks": keys, "bottleneck_blocks": blocks,
-        "widths": spec, "params": params_of(spec) or base_rec.get("params"),
+        "by_ratio": by_ratio,
+        "layer_ratios": mean,
+        "block_ratios": block_mean,
+        "bottlenecks": keys,
+        "bottleneck_blocks": blocks,
+        "widths": spec,
+        "params": params_of(spec) or base_rec.get("params"),
         "variants": {
-            "bottleneck": {"label": f"bottleneck-x{factor:g}", "factor": factor, "keys": keys,
-                           "widths": widened, "params": params_of(widened)},
-            "uniform": {"label": f"uniform-x{uniform_factor:g}", "factor": uniform_factor,
-                        "keys": list(spec), "widths": uniform, "params": params_of(uniform)},
+            "bottleneck": {
+                "label": f"bottleneck-x{factor:g}",
+                "factor": factor,
+                "keys": keys,
+                "widths": widened,
+                "params": params_of(widened),
+            },
+            "uniform": {
+                "label": f"uniform-x{uniform_factor:g}",
+                "factor": uniform_factor,
+                "keys": list(spec),
+                "widths": uniform,
+                "params": params_of(uniform),
+            },
         },
-        "records": list(record_names), "git_commit": results.git_commit(),
+        "records": list(record_names),
+        "git_commit": results.git_commit(),
     }

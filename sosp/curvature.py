@@ -5,18 +5,18 @@ independent) with every gate at 1 and leave the model's parameters untouched. No
 docs/method.md section 2: ``g = dL/dc``, ``J_n = df(x_n)/dc``, ``Lambda_n = diag(p_n) - p_n p_n^T``,
 ``G = mean_n J_n^T Lambda_n J_n``.
 """
+
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.autograd.forward_ad as fwAD
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .structures import (ChannelGroup, broadcast_gate, channel_dim, gates_applied, split_flat,
-                         total_structures)
+from .structures import ChannelGroup, broadcast_gate, channel_dim, gates_applied, split_flat, total_structures
 from .utils import eval_mode
 
 
@@ -47,14 +47,23 @@ def _linear_tangent(module, t):
 
 
 def _batchnorm_tangent(module, t):
-    scale = module.weight / torch.sqrt(module.running_var + module.eps) if module.affine else \
-        torch.rsqrt(module.running_var + module.eps)
+    scale = (
+        module.weight / torch.sqrt(module.running_var + module.eps)
+        if module.affine
+        else torch.rsqrt(module.running_var + module.eps)
+    )
     return t * scale.reshape([1, -1] + [1] * (t.dim() - 2))
 
 
-LINEAR_TANGENTS = {nn.Conv1d: _conv_tangent, nn.Conv2d: _conv_tangent, nn.Conv3d: _conv_tangent,
-                   nn.Linear: _linear_tangent, nn.BatchNorm1d: _batchnorm_tangent,
-                   nn.BatchNorm2d: _batchnorm_tangent, nn.BatchNorm3d: _batchnorm_tangent}
+LINEAR_TANGENTS = {
+    nn.Conv1d: _conv_tangent,
+    nn.Conv2d: _conv_tangent,
+    nn.Conv3d: _conv_tangent,
+    nn.Linear: _linear_tangent,
+    nn.BatchNorm1d: _batchnorm_tangent,
+    nn.BatchNorm2d: _batchnorm_tangent,
+    nn.BatchNorm3d: _batchnorm_tangent,
+}
 
 
 @contextlib.contextmanager
@@ -79,8 +88,9 @@ def linear_tangents(model: nn.Module) -> Iterator[None]:
         return fwAD.make_dual(out, tangent)
 
     for module in model.modules():
-        if type(module) in LINEAR_TANGENTS and not (isinstance(module, nn.modules.batchnorm._BatchNorm)
-                                                    and module.running_var is None):
+        if type(module) in LINEAR_TANGENTS and not (
+            isinstance(module, nn.modules.batchnorm._BatchNorm) and module.running_var is None
+        ):
             handles.append(module.register_forward_pre_hook(strip))
             handles.append(module.register_forward_hook(attach, prepend=True))
     try:
@@ -117,8 +127,11 @@ def unit_tangent_gates(model: nn.Module, groups: Sequence[ChannelGroup], gates: 
         for group, gate in zip(fast_groups, fast_pieces):
             for name in group.gated_modules:
                 module = modules[name]
-                handles.append(module.register_forward_hook(
-                    lambda m, i, out, gate=gate, dim=channel_dim(module): fast(m, i, out, gate, dim)))
+                handles.append(
+                    module.register_forward_hook(
+                        lambda m, i, out, gate=gate, dim=channel_dim(module): fast(m, i, out, gate, dim)
+                    )
+                )
         slow_groups = [g for g, slow in zip(groups, generic) if slow]
         slow_gates = [t for t, slow in zip(tangent_ones, generic) if slow]
         with gates_applied(model, slow_groups, slow_gates):
@@ -143,8 +156,13 @@ Combination = tuple[float, float]
 GRADIENT_AND_CURVATURE: tuple[Combination, ...] = ((1.0, 0.0), (0.0, 1.0))
 
 
-def ggn_ones_combinations(model: nn.Module, groups: Sequence[ChannelGroup], x: torch.Tensor, y: torch.Tensor,
-                          combinations: Sequence[Combination] = GRADIENT_AND_CURVATURE) -> list[torch.Tensor]:
+def ggn_ones_combinations(
+    model: nn.Module,
+    groups: Sequence[ChannelGroup],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    combinations: Sequence[Combination] = GRADIENT_AND_CURVATURE,
+) -> list[torch.Tensor]:
     """``a g + b G 1`` for every ``(a, b)``: one forward-mode JVP plus one reverse pass per combination.
 
     The JVP with all-ones gate tangent gives ``u_n = J_n 1`` together with the logits; then
@@ -168,12 +186,19 @@ def ggn_ones_combinations(model: nn.Module, groups: Sequence[ChannelGroup], x: t
         cotangents = torch.stack([(a * residual + b * r) / len(x) for a, b in combinations]).to(logits.dtype)
         # One reverse pass per combination on the retained graph (measured faster on CPU than
         # batching the cotangents with is_grads_batched, and it needs no extra activation memory).
-        return [torch.autograd.grad(logits, gates, c, retain_graph=i < len(cotangents) - 1)[0]
-                for i, c in enumerate(cotangents)]
+        return [
+            torch.autograd.grad(logits, gates, c, retain_graph=i < len(cotangents) - 1)[0]
+            for i, c in enumerate(cotangents)
+        ]
 
 
-def hessian_ones_combinations(model: nn.Module, groups: Sequence[ChannelGroup], x: torch.Tensor, y: torch.Tensor,
-                              combinations: Sequence[Combination] = GRADIENT_AND_CURVATURE) -> list[torch.Tensor]:
+def hessian_ones_combinations(
+    model: nn.Module,
+    groups: Sequence[ChannelGroup],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    combinations: Sequence[Combination] = GRADIENT_AND_CURVATURE,
+) -> list[torch.Tensor]:
     """``a g + b H 1`` with the exact Hessian of the loss w.r.t. the gates (double backward)."""
     dtype, device = _gate_dtype(model)
     gates = torch.ones(total_structures(groups), dtype=dtype, device=device, requires_grad=True)
@@ -185,8 +210,9 @@ def hessian_ones_combinations(model: nn.Module, groups: Sequence[ChannelGroup], 
     return [a * g + b * h1 for a, b in combinations]
 
 
-def per_sample_jacobians(model: nn.Module, groups: Sequence[ChannelGroup],
-                         x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def per_sample_jacobians(
+    model: nn.Module, groups: Sequence[ChannelGroup], x: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``J`` of shape ``(B, C, S)`` and the logits: ``C`` reverse passes through per-sample gates.
 
     With a batch dimension on the gates, the gradient of ``sum_n f_{n,k}`` w.r.t. the gates is row
@@ -204,8 +230,9 @@ def per_sample_jacobians(model: nn.Module, groups: Sequence[ChannelGroup],
     return torch.stack(rows, dim=1), logits.detach()
 
 
-def per_sample_gradients(model: nn.Module, groups: Sequence[ChannelGroup], x: torch.Tensor,
-                         labels) -> tuple[torch.Tensor, torch.Tensor]:
+def per_sample_gradients(
+    model: nn.Module, groups: Sequence[ChannelGroup], x: torch.Tensor, labels
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample gate gradients of ``l(f_n, label)`` for ``K`` label columns: ``(K, B, S)``.
 
     ``labels`` is a ``(B,)`` or ``(B, K)`` tensor, or a function of the (detached) logits returning
@@ -221,7 +248,7 @@ def per_sample_gradients(model: nn.Module, groups: Sequence[ChannelGroup], x: to
         log_p = logits.log_softmax(dim=-1)
         grads = []
         for j in range(labels.shape[1]):
-            nll = -log_p.gather(1, labels[:, j:j + 1]).sum()  # a sum: each sample keeps its own gradient
+            nll = -log_p.gather(1, labels[:, j : j + 1]).sum()  # a sum: each sample keeps its own gradient
             (v,) = torch.autograd.grad(nll, gates, retain_graph=j < labels.shape[1] - 1)
             grads.append(v)
     return torch.stack(grads), logits.detach()
@@ -239,8 +266,7 @@ def gauss_newton_exact(jacobians: torch.Tensor, logits: torch.Tensor) -> torch.T
     return v.T @ v
 
 
-def loss_gradient_from_jacobians(jacobians: torch.Tensor, logits: torch.Tensor,
-                                 y: torch.Tensor) -> torch.Tensor:
+def loss_gradient_from_jacobians(jacobians: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """``sum_n J_n^T (p_n - onehot(y_n))``: the summed loss gradient, free once ``J`` is known."""
     p = logits.softmax(dim=-1).to(jacobians.dtype)
     residual = p - F.one_hot(y, p.shape[-1]).to(p.dtype)

@@ -9,6 +9,7 @@ Every partition (test, validation, training subset) is stratified and drawn with
 seed (``load(seed=...)``, default 0) that is independent of the run seed: all runs of a tier see the
 same examples, and seeds vary only initialisation, data order and augmentation.
 """
+
 from __future__ import annotations
 
 import copy
@@ -16,10 +17,10 @@ import hashlib
 import logging
 import os
 import time
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -71,13 +72,13 @@ class Split:
     def __len__(self) -> int:
         return len(self.y)
 
-    def to(self, device) -> "Split":
+    def to(self, device) -> Split:
         """The split with its tensors on ``device`` (a no-op for streamed splits)."""
         if not self.in_memory:
             return self
         return replace(self, x=self.x.to(device), y=self.y.to(device), fill=self.fill.to(device))
 
-    def subset(self, index) -> "Split":
+    def subset(self, index) -> Split:
         index = torch.as_tensor(index, dtype=torch.long)
         if self.in_memory:
             return replace(self, x=self.x[index.to(self.x.device)], y=self.y[index.to(self.y.device)])
@@ -115,6 +116,7 @@ class DataBundle:
 
 
 # ----------------------------------------------------------------------------------------- splitting
+
 
 def stratified_split(y, fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Indices (rest, taken) with ``round(fraction * n)`` taken, every class in proportion.
@@ -177,6 +179,7 @@ def _normalise(split: Split, mean, std, scale: float) -> Split:
 
 # ----------------------------------------------------------------------------------------- data sets
 
+
 def _digits_arrays():
     """The digits table that scikit-learn ships (``datasets/data/digits.csv.gz``), read directly.
 
@@ -204,8 +207,16 @@ def _load_digits(root, download, image_size, **_):
     x = torch.tensor(pixels, dtype=torch.uint8).reshape(-1, 1, 8, 8)  # integer intensities 0..16
     y = torch.tensor(target, dtype=torch.long)
     rest, test_idx = stratified_split(y.numpy(), 0.2, seed=0)  # fixed test set, whatever the seeds
-    return dict(train=_raw_split(x[rest], y[rest]), test=_raw_split(x[test_idx], y[test_idx]), scale=16.0,
-                num_classes=10, classes=[str(i) for i in range(10)], image_size=8, crop_padding=1, flip=False)
+    return dict(
+        train=_raw_split(x[rest], y[rest]),
+        test=_raw_split(x[test_idx], y[test_idx]),
+        scale=16.0,
+        num_classes=10,
+        classes=[str(i) for i in range(10)],
+        image_size=8,
+        crop_padding=1,
+        flip=False,
+    )
 
 
 def _load_cifar(name: str) -> Callable:
@@ -215,22 +226,35 @@ def _load_cifar(name: str) -> Callable:
         if image_size not in (None, 32):
             raise ConfigError(f"{name} images are 32x32; image_size={image_size} is not supported")
         root = Path(root if root is not None else "data")
-        cls, folder = {"cifar10": (torchvision.datasets.CIFAR10, "cifar-10-batches-py"),
-                       "cifar100": (torchvision.datasets.CIFAR100, "cifar-100-python")}[name]
+        cls, folder = {
+            "cifar10": (torchvision.datasets.CIFAR10, "cifar-10-batches-py"),
+            "cifar100": (torchvision.datasets.CIFAR100, "cifar-100-python"),
+        }[name]
         if not download and not (root / folder).is_dir():
-            raise DataError(f"{name} not found: expected the folder {root / folder} (the python version of "
-                            f"the data set, as torchvision's {cls.__name__} unpacks it) under {root}; put it "
-                            f"there or set `download: true` to download it")
+            raise DataError(
+                f"{name} not found: expected the folder {root / folder} (the python version of "
+                f"the data set, as torchvision's {cls.__name__} unpacks it) under {root}; put it "
+                f"there or set `download: true` to download it"
+            )
         try:
             sets = [cls(str(root), train=t, download=download) for t in (True, False)]
         except RuntimeError as e:  # torchvision's "Dataset not found or corrupted"
-            raise DataError(f"{name} under {root / folder} is incomplete or corrupted ({e}); "
-                            f"delete it and set `download: true`") from e
+            raise DataError(
+                f"{name} under {root / folder} is incomplete or corrupted ({e}); delete it and set `download: true`"
+            ) from e
         mean, std = CIFAR_STATS[name]
-        train, test = (_raw_split(torch.from_numpy(s.data).permute(0, 3, 1, 2).contiguous(), s.targets)
-                       for s in sets)
-        return dict(train=train, test=test, num_classes=len(sets[0].classes), classes=list(sets[0].classes),
-                    image_size=32, crop_padding=4, flip=True, mean=mean, std=std)
+        train, test = (_raw_split(torch.from_numpy(s.data).permute(0, 3, 1, 2).contiguous(), s.targets) for s in sets)
+        return dict(
+            train=train,
+            test=test,
+            num_classes=len(sets[0].classes),
+            classes=list(sets[0].classes),
+            image_size=32,
+            crop_padding=4,
+            flip=True,
+            mean=mean,
+            std=std,
+        )
 
     return loader
 
@@ -247,8 +271,9 @@ def _folder_samples(folder: Path, classes: Sequence[str] | None = None):
     paths, labels = [], []
     for label, c in enumerate(classes):
         if (folder / c).is_dir():
-            files = sorted(e.path for e in os.scandir(folder / c)
-                           if e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS))
+            files = sorted(
+                e.path for e in os.scandir(folder / c) if e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS)
+            )
             paths += files
             labels += [label] * len(files)
     if not paths:
@@ -322,15 +347,28 @@ def _load_imagefolder(root, download, image_size, *, test_folders=("test", "val"
     if size > 64:  # ImageNet-size: stream from disk (one folder scan per split, by torchvision)
         train = _streamed(root / "train", size, True)
         classes = train.dataset.classes
-        return dict(train=train, test=_streamed(test_dir, size, False, classes), num_classes=len(classes),
-                    classes=classes, image_size=size, crop_padding=0, flip=True,
-                    mean=IMAGENET_STATS[0], std=IMAGENET_STATS[1])
+        return dict(
+            train=train,
+            test=_streamed(test_dir, size, False, classes),
+            num_classes=len(classes),
+            classes=classes,
+            image_size=size,
+            crop_padding=0,
+            flip=True,
+            mean=IMAGENET_STATS[0],
+            std=IMAGENET_STATS[1],
+        )
     train_paths, train_labels, classes = _folder_samples(root / "train")
     test_paths, test_labels, _ = _folder_samples(test_dir, classes)
-    return dict(train=_raw_split(_decode_all(root, train_paths, size), train_labels),
-                test=_raw_split(_decode_all(root, test_paths, size), test_labels),
-                num_classes=len(classes), classes=classes, image_size=size,
-                crop_padding=max(1, size // 8), flip=True)  # mean/std: from the final training split
+    return dict(
+        train=_raw_split(_decode_all(root, train_paths, size), train_labels),
+        test=_raw_split(_decode_all(root, test_paths, size), test_labels),
+        num_classes=len(classes),
+        classes=classes,
+        image_size=size,
+        crop_padding=max(1, size // 8),
+        flip=True,
+    )  # mean/std: from the final training split
 
 
 def _streamed(folder: Path, size: int, with_train: bool, classes=None) -> Split:
@@ -375,8 +413,15 @@ DATASETS: dict[str, Callable] = {
 }
 
 
-def load(name: str, root=None, download: bool = False, val_fraction: float = 0.1,
-         train_subset: int | None = None, seed: int = 0, image_size: int | None = None) -> DataBundle:
+def load(
+    name: str,
+    root=None,
+    download: bool = False,
+    val_fraction: float = 0.1,
+    train_subset: int | None = None,
+    seed: int = 0,
+    image_size: int | None = None,
+) -> DataBundle:
     """Load a registered data set with a stratified validation split carved from its training set.
 
     ``seed`` is the split seed (validation examples and ``train_subset``), not the run seed.
@@ -401,9 +446,18 @@ def load(name: str, root=None, download: bool = False, val_fraction: float = 0.1
 
 # ----------------------------------------------------------------------------------------- batches
 
-def batches(split: Split, batch_size: int, *, shuffle: bool = False, generator: torch.Generator | None = None,
-            augment: Augment | None = None, device="cpu", drop_last: bool = False,
-            num_workers: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+
+def batches(
+    split: Split,
+    batch_size: int,
+    *,
+    shuffle: bool = False,
+    generator: torch.Generator | None = None,
+    augment: Augment | None = None,
+    device="cpu",
+    drop_last: bool = False,
+    num_workers: int | None = None,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield ``(x, y)`` batches on ``device``.
 
     In-memory splits: the split is moved to ``device`` once (a no-op when it is already there); order
@@ -424,9 +478,9 @@ def batches(split: Split, batch_size: int, *, shuffle: bool = False, generator: 
     augment = augment if augment and (augment.crop_padding or augment.flip) else None
     for start in range(0, stop, batch_size):
         if order is None:
-            x, y = split.x[start:start + batch_size], split.y[start:start + batch_size]
+            x, y = split.x[start : start + batch_size], split.y[start : start + batch_size]
         else:
-            idx = order[start:start + batch_size].to(split.x.device, non_blocking=True)
+            idx = order[start : start + batch_size].to(split.x.device, non_blocking=True)
             x, y = split.x[idx], split.y[idx]
         if augment is not None:
             x = _augment(x, split.fill, augment, generator)
@@ -458,8 +512,14 @@ def _stream_batches(split, batch_size, shuffle, generator, augment, device, drop
     if num_workers is None:
         num_workers = min(8, os.cpu_count() or 1)
     loader = torch.utils.data.DataLoader(
-        ds, batch_size=batch_size, shuffle=shuffle, generator=generator, drop_last=drop_last,
-        num_workers=num_workers, pin_memory=torch.device(device).type == "cuda",
-        persistent_workers=False)
+        ds,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        generator=generator,
+        drop_last=drop_last,
+        num_workers=num_workers,
+        pin_memory=torch.device(device).type == "cuda",
+        persistent_workers=False,
+    )
     for x, y in loader:
         yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)

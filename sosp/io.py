@@ -4,6 +4,7 @@ Every file the suite writes goes to a temporary name in the same folder and is r
 so an interrupted job never leaves a partial output that Snakemake (or a user) would mistake for a
 finished one.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -12,8 +13,9 @@ import os
 import pickle
 import tempfile
 import types
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 
@@ -83,8 +85,11 @@ class _Unpickler(pickle.Unpickler):
 
 
 _PICKLE = types.ModuleType("pickle")  # pickle, with module paths of moved classes translated
-_PICKLE.__dict__.update({k: v for k, v in vars(pickle).items() if not k.startswith("__")},
-                        Unpickler=_Unpickler, load=lambda file, **kw: _Unpickler(file, **kw).load())
+_PICKLE.__dict__.update(
+    {k: v for k, v in vars(pickle).items() if not k.startswith("__")},
+    Unpickler=_Unpickler,
+    load=lambda file, **kw: _Unpickler(file, **kw).load(),
+)
 
 
 def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:

@@ -4,6 +4,7 @@ MACs count conv/linear/matmul multiply-accumulates only (no BN, activation or po
 the two independent counters, torch's ``FlopCounterMode`` and fvcore, must agree exactly: a mismatch
 flags an op one of them misses.
 """
+
 import platform
 import time
 import warnings
@@ -37,15 +38,24 @@ def count_macs_fvcore(model: nn.Module, example_input: torch.Tensor) -> int:
         from fvcore.nn import jit_handles as h
     # Only conv/linear/matmul, as in count_macs: fvcore's defaults also count BN and pooling (+0.9% on
     # resnet20), and set_op_handle(op, None) cannot switch a default handle off, hence the clear.
-    mac_ops = {"aten::_convolution": h.conv_flop_jit, "aten::linear": h.linear_flop_jit,
-               "aten::addmm": h.addmm_flop_jit, "aten::mm": h.matmul_flop_jit,
-               "aten::matmul": h.matmul_flop_jit, "aten::bmm": h.bmm_flop_jit,
-               "aten::einsum": h.einsum_flop_jit}
+    mac_ops = {
+        "aten::_convolution": h.conv_flop_jit,
+        "aten::linear": h.linear_flop_jit,
+        "aten::addmm": h.addmm_flop_jit,
+        "aten::mm": h.matmul_flop_jit,
+        "aten::matmul": h.matmul_flop_jit,
+        "aten::bmm": h.bmm_flop_jit,
+        "aten::einsum": h.einsum_flop_jit,
+    }
     with eval_mode(model), torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer and deprecation chatter, not about the count
-        analysis = (FlopCountAnalysis(model, example_input)
-                    .clear_op_handles().set_op_handle(**mac_ops)
-                    .unsupported_ops_warnings(False).uncalled_modules_warnings(False))
+        analysis = (
+            FlopCountAnalysis(model, example_input)
+            .clear_op_handles()
+            .set_op_handle(**mac_ops)
+            .unsupported_ops_warnings(False)
+            .uncalled_modules_warnings(False)
+        )
         return int(analysis.total())
 
 
@@ -67,8 +77,9 @@ def _cpu_model() -> str | None:
     return None
 
 
-def measure_latency(model: nn.Module, example_input: torch.Tensor, device="cpu", warmup: int = 10,
-                    iters: int = 30) -> dict:
+def measure_latency(
+    model: nn.Module, example_input: torch.Tensor, device="cpu", warmup: int = 10, iters: int = 30
+) -> dict:
     """Forward latency per batch in ms (median and inter-quartile range over ``iters`` timed runs).
 
     The model is moved to ``device`` for the measurement and moved back afterwards.
@@ -106,14 +117,29 @@ def measure_latency(model: nn.Module, example_input: torch.Tensor, device="cpu",
         torch.backends.cudnn.benchmark = benchmark
         model.to(home)
     q25, median, q75 = np.percentile(times, [25, 50, 75])
-    return {"device": str(device), "device_name": _device_name(device), "torch_version": torch.__version__,
-            "dtype": str(x.dtype).removeprefix("torch."), "threads": torch.get_num_threads(),
-            "batch_size": int(x.shape[0]), "warmup": warmup, "iters": iters,
-            "median_ms": float(median), "iqr_ms": float(q75 - q25)}
+    return {
+        "device": str(device),
+        "device_name": _device_name(device),
+        "torch_version": torch.__version__,
+        "dtype": str(x.dtype).removeprefix("torch."),
+        "threads": torch.get_num_threads(),
+        "batch_size": int(x.shape[0]),
+        "warmup": warmup,
+        "iters": iters,
+        "median_ms": float(median),
+        "iqr_ms": float(q75 - q25),
+    }
 
 
-def measure(model: nn.Module, input_shape: tuple, latency_batches=(1, 256), device="cpu",
-            latency: bool = True, warmup: int = 10, iters: int = 30) -> dict:
+def measure(
+    model: nn.Module,
+    input_shape: tuple,
+    latency_batches=(1, 256),
+    device="cpu",
+    latency: bool = True,
+    warmup: int = 10,
+    iters: int = 30,
+) -> dict:
     """Params, MACs (both counters, batch 1), FLOPs and, if asked, latency at each batch size.
 
     ``input_shape`` is one sample's shape without the batch dimension, e.g. ``(3, 32, 32)``;
@@ -121,14 +147,19 @@ def measure(model: nn.Module, input_shape: tuple, latency_batches=(1, 256), devi
     """
     shape = tuple(input_shape)
     if not shape or not all(map(is_positive_int, shape)):
-        raise ConfigError(f"input_shape must be a tuple of positive integers such as (3, 32, 32), "
-                          f"got {input_shape!r}")
+        raise ConfigError(f"input_shape must be a tuple of positive integers such as (3, 32, 32), got {input_shape!r}")
     param = next(model.parameters(), torch.empty(0))
     x = torch.randn(1, *shape, generator=torch.Generator().manual_seed(0)).to(param.device, param.dtype)
     macs = count_macs(model, x)
-    result = {"params": count_params(model), "macs": macs, "flops": 2 * macs,
-              "macs_fvcore": count_macs_fvcore(model, x), "latency": []}
+    result = {
+        "params": count_params(model),
+        "macs": macs,
+        "flops": 2 * macs,
+        "macs_fvcore": count_macs_fvcore(model, x),
+        "latency": [],
+    }
     if latency:
-        result["latency"] = [measure_latency(model, x.expand(b, *shape).contiguous(), device, warmup, iters)
-                             for b in latency_batches]
+        result["latency"] = [
+            measure_latency(model, x.expand(b, *shape).contiguous(), device, warmup, iters) for b in latency_batches
+        ]
     return result

@@ -6,12 +6,13 @@ the ``sosp report`` command and the workflow's figure rules write every listed f
 ``context`` holds ``bottleneck`` (a list of analysis mappings, possibly empty). Every axis names its
 quantity and unit.
 """
+
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 import matplotlib
 
@@ -31,8 +32,10 @@ _X_AXES = {
     "flops": ("FLOPs per image", "floating-point operations, batch 1"),
     "params": ("Parameters", "count"),
 }
-_STAGE_STYLE = {"finetuned": dict(linestyle="-", marker="o", alpha=1.0, suffix=" (fine-tuned)"),
-                "pruned": dict(linestyle="--", marker="x", alpha=0.6, suffix=" (one-shot)")}
+_STAGE_STYLE = {
+    "finetuned": dict(linestyle="-", marker="o", alpha=1.0, suffix=" (fine-tuned)"),
+    "pruned": dict(linestyle="--", marker="x", alpha=0.6, suffix=" (one-shot)"),
+}
 
 
 def _scale(values: np.ndarray) -> tuple[float, str]:
@@ -77,8 +80,15 @@ def _legend(fig: Figure, axes, loc: str = "lower right", fontsize: int = 8, most
             if ax.get_legend_handles_labels()[0]:
                 ax.legend(fontsize=fontsize, loc=loc)
         return
-    fig.legend(list(entries.values()), list(entries), loc="upper center", bbox_to_anchor=(0.5, 0.0),
-               ncol=min(4, len(entries)), fontsize=fontsize, frameon=False)
+    fig.legend(
+        list(entries.values()),
+        list(entries),
+        loc="upper center",
+        bbox_to_anchor=(0.5, 0.0),
+        ncol=min(4, len(entries)),
+        fontsize=fontsize,
+        frameon=False,
+    )
 
 
 def _colors(names: Iterable[str]) -> dict:
@@ -116,34 +126,63 @@ def tradeoff(df: pd.DataFrame, x: str = "macs", stages: Iterable[str] = ("finetu
                     continue
                 # every (target, ratio) is one point: runs at equal structure ratio and at equal MACs
                 # lie on the same accuracy-against-cost curve, which is itself an equal-cost comparison
-                agg = (rows.groupby(["target", "ratio"])
-                       .agg(x=(x, "mean"), x_std=(x, "std"), y=("top1", "mean"), y_std=("top1", "std"),
-                            n=("seed", "nunique"))
-                       .sort_values("x"))
+                agg = (
+                    rows.groupby(["target", "ratio"])
+                    .agg(
+                        x=(x, "mean"),
+                        x_std=(x, "std"),
+                        y=("top1", "mean"),
+                        y_std=("top1", "std"),
+                        n=("seed", "nunique"),
+                    )
+                    .sort_values("x")
+                )
                 style = _STAGE_STYLE.get(stage, dict(linestyle=":", marker="s", alpha=0.8, suffix=f" ({stage})"))
-                ax.errorbar(agg["x"] / factor, 100 * agg["y"],
-                            xerr=agg["x_std"].fillna(0) / factor, yerr=100 * agg["y_std"].fillna(0),
-                            color=color, linestyle=style["linestyle"], marker=style["marker"],
-                            alpha=style["alpha"], capsize=3,
-                            label=method_label(method, options) + style["suffix"])
+                ax.errorbar(
+                    agg["x"] / factor,
+                    100 * agg["y"],
+                    xerr=agg["x_std"].fillna(0) / factor,
+                    yerr=100 * agg["y_std"].fillna(0),
+                    color=color,
+                    linestyle=style["linestyle"],
+                    marker=style["marker"],
+                    alpha=style["alpha"],
+                    capsize=3,
+                    label=method_label(method, options) + style["suffix"],
+                )
         base = part[part["stage"] == "base"]
         if len(base):
             bx, by = base[x].mean() / factor, 100 * base["top1"].mean()
-            ax.errorbar([bx], [by], xerr=[np.nan_to_num(base[x].std() / factor)],
-                        yerr=[np.nan_to_num(100 * base["top1"].std())], color="black", marker="*",
-                        markersize=13, linestyle="none", capsize=3, label="base (unpruned)", zorder=5)
+            ax.errorbar(
+                [bx],
+                [by],
+                xerr=[np.nan_to_num(base[x].std() / factor)],
+                yerr=[np.nan_to_num(100 * base["top1"].std())],
+                color="black",
+                marker="*",
+                markersize=13,
+                linestyle="none",
+                capsize=3,
+                label="base (unpruned)",
+                zorder=5,
+            )
             ax.axhline(by, color="black", linewidth=0.6, linestyle=":")
         seeds = part["seed"].nunique()
-        ax.set_title(f"{dataset} / {arch} (tier {tier}, {seeds} seed{'s' if seeds != 1 else ''})",
-                     fontsize=10)
+        ax.set_title(f"{dataset} / {arch} (tier {tier}, {seeds} seed{'s' if seeds != 1 else ''})", fontsize=10)
         ax.set_xlabel(f"{stem} ({unit_text})")
         ax.set_ylabel("Top-1 test accuracy (%)")
         ax.grid(True, alpha=0.3)
-    _legend(fig, list(axes.flat)[:len(panels)], "lower right")
-    for ax in list(axes.flat)[len(panels):]:
+    _legend(fig, list(axes.flat)[: len(panels)], "lower right")
+    for ax in list(axes.flat)[len(panels) :]:
         ax.set_axis_off()
-    fig.text(0.01, 0.005, "compared at equal cost (x axis); one point per target and ratio; mean ± std over seeds; "
-             "error bars in both directions", fontsize=7, alpha=0.7)
+    fig.text(
+        0.01,
+        0.005,
+        "compared at equal cost (x axis); one point per target and ratio; mean ± std over seeds; "
+        "error bars in both directions",
+        fontsize=7,
+        alpha=0.7,
+    )
     fig.tight_layout(rect=(0, 0.02, 1, 1))
     return fig
 
@@ -164,18 +203,30 @@ def oneshot_ratio(df: pd.DataFrame, **_) -> Figure:
     if not len(df) or not (df["stage"] == "pruned").any():
         return _empty("no one-shot (pruned) records")
     pruned = df[df["stage"] == "pruned"]
-    panels = [(key + (target,), pd.concat([part[part["stage"] == "base"], part[part["target"] == target]]))
-              for key, part in df.groupby(["tier", "dataset", "arch"], sort=True)
-              for target in sorted(pruned.loc[(pruned["tier"] == key[0]) & (pruned["dataset"] == key[1])
-                                              & (pruned["arch"] == key[2]), "target"].unique())]
+    panels = [
+        (key + (target,), pd.concat([part[part["stage"] == "base"], part[part["target"] == target]]))
+        for key, part in df.groupby(["tier", "dataset", "arch"], sort=True)
+        for target in sorted(
+            pruned.loc[
+                (pruned["tier"] == key[0]) & (pruned["dataset"] == key[1]) & (pruned["arch"] == key[2]), "target"
+            ].unique()
+        )
+    ]
     fig, axes = _grid(len(panels))
     colors = _colors(pruned.apply(lambda r: method_label(r.method, r.method_options), axis=1))
     for ax, ((tier, dataset, arch, target), part) in zip(axes, panels):
         for (method, options), runs in part[part["stage"] == "pruned"].groupby(["method", "method_options"]):
             label = method_label(method, options)
             agg = runs.groupby("ratio")["top1"].agg(["mean", "std"]).sort_index()
-            ax.errorbar(agg.index, 100 * agg["mean"], yerr=100 * agg["std"].fillna(0), marker="o", capsize=3,
-                        color=colors[label], label=label)
+            ax.errorbar(
+                agg.index,
+                100 * agg["mean"],
+                yerr=100 * agg["std"].fillna(0),
+                marker="o",
+                capsize=3,
+                color=colors[label],
+                label=label,
+            )
         base = part[part["stage"] == "base"]["top1"].astype(float)
         if len(base):
             ax.axhline(100 * base.mean(), color="black", linestyle=":", linewidth=1, label="base (unpruned)")
@@ -184,7 +235,7 @@ def oneshot_ratio(df: pd.DataFrame, **_) -> Figure:
         ax.set_ylabel("One-shot top-1 test accuracy (%)")
         ax.set_ylim(0, 100)
         ax.grid(True, alpha=0.3)
-    _legend(fig, axes[:len(panels)], "lower left", 7)
+    _legend(fig, axes[: len(panels)], "lower left", 7)
     fig.text(0.01, 0.005, "before fine-tuning; mean ± std over seeds", fontsize=7, alpha=0.7)
     fig.tight_layout(rect=(0, 0.02, 1, 1))
     return fig
@@ -201,8 +252,10 @@ def scoring_time(df: pd.DataFrame, **_) -> Figure:
     panels = list(df.groupby(["tier", "dataset", "arch"], sort=True))
     fig, axes = _grid(len(panels), width=5.6)
     for ax, ((tier, dataset, arch), part) in zip(axes, panels):
-        part = part.assign(seconds=part["saliency_seconds"].fillna(part["prune_seconds"]),
-                           label=[method_label(m, o) for m, o in zip(part["method"], part["method_options"])])
+        part = part.assign(
+            seconds=part["saliency_seconds"].fillna(part["prune_seconds"]),
+            label=[method_label(m, o) for m, o in zip(part["method"], part["method_options"])],
+        )
         per_seed = part.groupby(["label", "seed"])["seconds"].mean().reset_index()
         agg = per_seed.groupby("label")["seconds"].agg(["mean", "std"]).sort_values("mean")
         colors = [_colors(agg.index)[name] for name in agg.index]
@@ -216,8 +269,15 @@ def scoring_time(df: pd.DataFrame, **_) -> Figure:
         ax.set_ylabel("Scoring time (s, wall clock)")
         ax.grid(True, axis="y", alpha=0.3)
     device = df["device_name"].dropna()
-    fig.text(0.01, 0.005, "mean ± std over seeds" + (f"; measured on {device.iloc[0]}" if len(device) else "")
-             + "; eigendamage / iterative methods: whole pruning time", fontsize=7, alpha=0.7)
+    fig.text(
+        0.01,
+        0.005,
+        "mean ± std over seeds"
+        + (f"; measured on {device.iloc[0]}" if len(device) else "")
+        + "; eigendamage / iterative methods: whole pruning time",
+        fontsize=7,
+        alpha=0.7,
+    )
     fig.tight_layout(rect=(0, 0.03, 1, 1))
     return fig
 
@@ -252,25 +312,45 @@ def latency_macs(df: pd.DataFrame, **_) -> Figure:
             if iqr not in runs:
                 runs = runs.assign(**{iqr: np.nan})
             agg = runs.groupby("ratio").agg(x=("macs", "mean"), y=(col, "mean"), e=(iqr, "mean")).sort_values("x")
-            ax.errorbar(agg["x"].astype(float) / factor, agg["y"], yerr=agg["e"].fillna(0), marker="o",
-                        capsize=3, color=colors[label], label=label)
+            ax.errorbar(
+                agg["x"].astype(float) / factor,
+                agg["y"],
+                yerr=agg["e"].fillna(0),
+                marker="o",
+                capsize=3,
+                color=colors[label],
+                label=label,
+            )
         base = part[part["stage"] == "base"]
         if len(base):
-            ax.errorbar([base["macs"].astype(float).mean() / factor], [base[col].mean()],
-                        yerr=[np.nan_to_num(base[iqr].mean() if iqr in base else np.nan)], color="black", marker="*", markersize=12,
-                        linestyle="none", label="base (unpruned)")
+            ax.errorbar(
+                [base["macs"].astype(float).mean() / factor],
+                [base[col].mean()],
+                yerr=[np.nan_to_num(base[iqr].mean() if iqr in base else np.nan)],
+                color="black",
+                marker="*",
+                markersize=12,
+                linestyle="none",
+                label="base (unpruned)",
+            )
         _, device, batch, _ = col.split("_")
         ax.set_title(f"{dataset} / {arch}: {device.upper()}, batch {batch[1:]} (tier {tier})", fontsize=9)
         ax.set_xlabel(f"MACs per image ({prefix + ' ' if prefix else ''}multiply-accumulates, batch 1)")
         ax.set_ylabel(f"Latency per batch of {batch[1:]} (ms, median)")
         ax.grid(True, alpha=0.3)
-    _legend(fig, axes[:len(panels)], "upper left", 7)
+    _legend(fig, axes[: len(panels)], "upper left", 7)
     names = df["device_name"].dropna().unique()
     threads = df["threads"].dropna().unique()
-    fig.text(0.01, 0.005, f"{'fine-tuned' if pruned_stage == 'finetuned' else 'one-shot pruned'} models, mean over "
-             "seeds; error bars: inter-quartile range of the timing"
-             + (f"; {', '.join(map(str, names))}" if len(names) else "")
-             + (f"; {', '.join(map(str, threads))} thread(s)" if len(threads) else ""), fontsize=7, alpha=0.7)
+    fig.text(
+        0.01,
+        0.005,
+        f"{'fine-tuned' if pruned_stage == 'finetuned' else 'one-shot pruned'} models, mean over "
+        "seeds; error bars: inter-quartile range of the timing"
+        + (f"; {', '.join(map(str, names))}" if len(names) else "")
+        + (f"; {', '.join(map(str, threads))} thread(s)" if len(threads) else ""),
+        fontsize=7,
+        alpha=0.7,
+    )
     fig.tight_layout(rect=(0, 0.03, 1, 1))
     return fig
 
@@ -288,8 +368,16 @@ def bottleneck_params(df: pd.DataFrame, **_) -> Figure:
     panels = []
     for tier, dataset, arch in keys:
         part = df[(df["tier"] == tier) & (df["dataset"] == dataset) & (df["arch"] == arch)]
-        methods = sorted(set(zip(*[part.loc[(part["variant"] != ORIGINAL) & (part["stage"] == "finetuned"), c]
-                                   for c in ("method", "method_options")])))
+        methods = sorted(
+            set(
+                zip(
+                    *[
+                        part.loc[(part["variant"] != ORIGINAL) & (part["stage"] == "finetuned"), c]
+                        for c in ("method", "method_options")
+                    ]
+                )
+            )
+        )
         panels += [((tier, dataset, arch), part, m) for m in methods] or [((tier, dataset, arch), part, None)]
     fig, axes = _grid(len(panels))
     variants = [ORIGINAL] + sorted(v for v in df["variant"].unique() if v != ORIGINAL)
@@ -299,31 +387,49 @@ def bottleneck_params(df: pd.DataFrame, **_) -> Figure:
         for variant in variants:
             runs = part[part["variant"] == variant]
             if method is not None:
-                pruned = runs[(runs["stage"] == "finetuned") & (runs["method"] == method[0])
-                              & (runs["method_options"] == method[1])]
+                pruned = runs[
+                    (runs["stage"] == "finetuned")
+                    & (runs["method"] == method[0])
+                    & (runs["method_options"] == method[1])
+                ]
             else:
                 pruned = runs.iloc[0:0]
             unpruned = runs[runs["stage"].isin(UNPRUNED)]
             if not len(pruned) and not len(unpruned):
                 continue
-            agg = (pd.concat([unpruned.assign(ratio=0.0), pruned])
-                   .astype({"params": float, "top1": float})
-                   .groupby("ratio").agg(x=("params", "mean"), xs=("params", "std"), y=("top1", "mean"),
-                                         ys=("top1", "std")).sort_values("x"))
-            ax.errorbar(agg["x"] / factor, 100 * agg["y"], xerr=agg["xs"].fillna(0) / factor,
-                        yerr=100 * agg["ys"].fillna(0), marker="o", capsize=3, color=colors[variant],
-                        label=variant)
+            agg = (
+                pd.concat([unpruned.assign(ratio=0.0), pruned])
+                .astype({"params": float, "top1": float})
+                .groupby("ratio")
+                .agg(x=("params", "mean"), xs=("params", "std"), y=("top1", "mean"), ys=("top1", "std"))
+                .sort_values("x")
+            )
+            ax.errorbar(
+                agg["x"] / factor,
+                100 * agg["y"],
+                xerr=agg["xs"].fillna(0) / factor,
+                yerr=100 * agg["ys"].fillna(0),
+                marker="o",
+                capsize=3,
+                color=colors[variant],
+                label=variant,
+            )
             if len(unpruned):
-                ax.plot([unpruned["params"].astype(float).mean() / factor], [100 * unpruned["top1"].astype(float).mean()],
-                        marker="*", markersize=13, color=colors[variant], linestyle="none")
+                ax.plot(
+                    [unpruned["params"].astype(float).mean() / factor],
+                    [100 * unpruned["top1"].astype(float).mean()],
+                    marker="*",
+                    markersize=13,
+                    color=colors[variant],
+                    linestyle="none",
+                )
         label = method_label(*method) if method else "no pruned networks"
         ax.set_title(f"{dataset} / {arch}, pruned by {label} (tier {tier})", fontsize=10)
         ax.set_xlabel(f"Parameters ({prefix + ' ' if prefix else ''}count)")
         ax.set_ylabel("Top-1 test accuracy (%; pruned: after fine-tuning)")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8, loc="lower right")
-    fig.text(0.01, 0.005, "stars: unpruned networks; mean ± std over seeds in both directions", fontsize=7,
-             alpha=0.7)
+    fig.text(0.01, 0.005, "stars: unpruned networks; mean ± std over seeds in both directions", fontsize=7, alpha=0.7)
     fig.tight_layout(rect=(0, 0.02, 1, 1))
     return fig
 
@@ -335,8 +441,9 @@ def layer_ratios(df: pd.DataFrame, bottleneck: Iterable[dict] | None = None, **_
     analyses = list(bottleneck or [])
     if not analyses:
         return _empty("no bottleneck analysis (sosp bottleneck)")
-    fig, axes = plt.subplots(len(analyses), 2, figsize=(13, 4.2 * len(analyses)), squeeze=False,
-                             gridspec_kw={"width_ratios": [3, 1]})
+    fig, axes = plt.subplots(
+        len(analyses), 2, figsize=(13, 4.2 * len(analyses)), squeeze=False, gridspec_kw={"width_ratios": [3, 1]}
+    )
     for row, analysis in zip(axes, analyses):
         chosen = set(analysis.get("bottlenecks") or [])
         chosen_blocks = set(analysis.get("bottleneck_blocks") or [])
@@ -351,26 +458,45 @@ def layer_ratios(df: pd.DataFrame, bottleneck: Iterable[dict] | None = None, **_
                 means = [100 * np.mean(v) if len(v) else np.nan for v in values]
                 stds = [100 * np.std(v, ddof=1) if len(v) > 1 else 0.0 for v in values]
                 xs = np.arange(len(keys)) + (i - (len(ratios) - 1) / 2) * width
-                bars = ax.bar(xs, means, width, yerr=stds, capsize=2, label=f"ratio {float(ratio):g}",
-                              color=cmap(0.15 + 0.7 * i / max(1, len(ratios) - 1)))
+                bars = ax.bar(
+                    xs,
+                    means,
+                    width,
+                    yerr=stds,
+                    capsize=2,
+                    label=f"ratio {float(ratio):g}",
+                    color=cmap(0.15 + 0.7 * i / max(1, len(ratios) - 1)),
+                )
                 for bar, key in zip(bars, keys):
                     if key in marked:
                         bar.set_hatch("//")
                         bar.set_edgecolor("black")
-            ax.set_xticks(range(len(keys)), [f"{k} ★" if k in marked else k for k in keys], rotation=60,
-                          ha="right", fontsize=7)
+            ax.set_xticks(
+                range(len(keys)), [f"{k} ★" if k in marked else k for k in keys], rotation=60, ha="right", fontsize=7
+            )
             ax.set_ylabel("Channels removed (%)")
             ax.set_ylim(0, 100)
             ax.grid(True, axis="y", alpha=0.3)
             what = "layer-wise (width keys)" if level == "layers" else "block-wise"
-            ax.set_title(f"{analysis.get('dataset')} / {analysis.get('arch')}: {what}, "
-                         f"{analysis.get('method')} (tier {analysis.get('tier')})", fontsize=9)
-            handles = [Patch(facecolor=cmap(0.15 + 0.7 * i / max(1, len(ratios) - 1)), label=f"ratio {float(r):g}")
-                       for i, r in enumerate(ratios)]
+            ax.set_title(
+                f"{analysis.get('dataset')} / {analysis.get('arch')}: {what}, "
+                f"{analysis.get('method')} (tier {analysis.get('tier')})",
+                fontsize=9,
+            )
+            handles = [
+                Patch(facecolor=cmap(0.15 + 0.7 * i / max(1, len(ratios) - 1)), label=f"ratio {float(r):g}")
+                for i, r in enumerate(ratios)
+            ]
             ax.legend(handles=handles, fontsize=7, loc="upper left")
-    fig.text(0.01, 0.005, "★ / hatched: bottlenecks (lowest pruning ratios at ratio "
-             + ", ".join(f"{a.get('ratio')}" for a in analyses) + "); mean ± std over seeds",
-             fontsize=7, alpha=0.7)
+    fig.text(
+        0.01,
+        0.005,
+        "★ / hatched: bottlenecks (lowest pruning ratios at ratio "
+        + ", ".join(f"{a.get('ratio')}" for a in analyses)
+        + "); mean ± std over seeds",
+        fontsize=7,
+        alpha=0.7,
+    )
     fig.tight_layout(rect=(0, 0.02, 1, 1))
     return fig
 
@@ -404,8 +530,14 @@ def method_layer_ratios(df: pd.DataFrame, **_) -> Figure:
         ax.grid(True, axis="y", alpha=0.3)
         ax.set_title(f"{dataset} / {arch} (tier {tier}): ratio {ratio:g} of {target}", fontsize=9)
         ax.legend(fontsize=7, loc="upper left", ncol=min(4, len(per_method)))
-    fig.text(0.01, 0.005, "one-shot pruned models, mean over seeds; groups are named after their first producer "
-             "(EigenDamage: each layer's output eigen-directions)", fontsize=7, alpha=0.7)
+    fig.text(
+        0.01,
+        0.005,
+        "one-shot pruned models, mean over seeds; groups are named after their first producer "
+        "(EigenDamage: each layer's output eigen-directions)",
+        fontsize=7,
+        alpha=0.7,
+    )
     fig.tight_layout(rect=(0, 0.02, 1, 1))
     return fig
 
@@ -430,15 +562,21 @@ def save(fig: Figure, stem: str | os.PathLike, formats: Iterable[str] = FORMATS,
     for fmt in formats:
         path = Path(f"{stem}.{fmt}")
         with atomic_path(path) as tmp:
-            fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight",
-                        metadata={"CreationDate": None} if fmt == "pdf" else None)
+            fig.savefig(
+                tmp, format=fmt, dpi=dpi, bbox_inches="tight", metadata={"CreationDate": None} if fmt == "pdf" else None
+            )
         paths.append(path)
     plt.close(fig)
     return paths
 
 
-def write_figures(df: pd.DataFrame, out_dir: str | os.PathLike, names: Iterable[str] | None = None,
-                  formats: Iterable[str] = FORMATS, bottleneck: Iterable[dict] | None = None) -> list[Path]:
+def write_figures(
+    df: pd.DataFrame,
+    out_dir: str | os.PathLike,
+    names: Iterable[str] | None = None,
+    formats: Iterable[str] = FORMATS,
+    bottleneck: Iterable[dict] | None = None,
+) -> list[Path]:
     """Every figure in ``names`` (default: all of :data:`FIGURES`) as ``out_dir/<name>.<format>``;
     ``bottleneck``: the analyses of ``sosp bottleneck`` (for ``layer_ratios``)."""
     from .errors import UnknownNameError

@@ -5,14 +5,15 @@ a group below ``min_channels``. ``ratio`` means a fraction of structures (the pa
 with ``target="macs"``/``"params"``, a fraction of the base model's cost, reached by binary search on
 the number of removed structures with exact counts of the pruned model. Surgery is torch-pruning's.
 """
+
 from __future__ import annotations
 
 import copy
 import itertools
 import math
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Sequence
 
 import torch
 import torch.nn as nn
@@ -53,9 +54,13 @@ def group_floor(size: int, min_channels: int = 1, min_fraction: float = 0.0) -> 
     return min(size, max(min_channels, math.ceil(min_fraction * size - 1e-9)))
 
 
-def removal_order(groups: Sequence[ChannelGroup], scores: Sequence[torch.Tensor],
-                  min_channels: int = 1, min_fraction: float = 0.0,
-                  floors: Sequence[int] | None = None) -> list[tuple[int, int]]:
+def removal_order(
+    groups: Sequence[ChannelGroup],
+    scores: Sequence[torch.Tensor],
+    min_channels: int = 1,
+    min_fraction: float = 0.0,
+    floors: Sequence[int] | None = None,
+) -> list[tuple[int, int]]:
     """Every removable ``(group index, channel)`` in the order they are removed (lowest saliency first).
 
     No group goes below its floor (:func:`group_floor`, or ``floors`` given per group). Ties are
@@ -84,8 +89,9 @@ def as_removed(groups: Sequence[ChannelGroup], order: Sequence[tuple[int, int]])
     return {name: sorted(idx) for name, idx in removed.items()}
 
 
-def remove_channels(model: nn.Module, groups: Sequence[ChannelGroup], removed: dict[str, Sequence[int]],
-                    example_input: torch.Tensor) -> nn.Module:
+def remove_channels(
+    model: nn.Module, groups: Sequence[ChannelGroup], removed: dict[str, Sequence[int]], example_input: torch.Tensor
+) -> nn.Module:
     """A physically smaller copy of ``model`` without the ``removed`` channels of each group."""
     pruned = copy.deepcopy(model)
     if not any(removed.values()):
@@ -102,8 +108,9 @@ def remove_channels(model: nn.Module, groups: Sequence[ChannelGroup], removed: d
     return pruned
 
 
-def cost_per_structure(model: nn.Module, groups: Sequence[ChannelGroup],
-                       example_input: torch.Tensor) -> list[torch.Tensor]:
+def cost_per_structure(
+    model: nn.Module, groups: Sequence[ChannelGroup], example_input: torch.Tensor
+) -> list[torch.Tensor]:
     """MACs freed by removing one channel of each group (for ``normalize="cost"``).
 
     A channel's cost is its share of every producer's MACs plus its share of every consumer's MACs
@@ -119,7 +126,8 @@ def cost_per_structure(model: nn.Module, groups: Sequence[ChannelGroup],
                 raise UnsupportedModelError(
                     f"normalize='cost': layer {name!r} of group {g.name!r} has no MAC count (it did not run "
                     "in the forward pass, or the counter does not know its operation), so its structures "
-                    "have no cost to divide by")
+                    "have no cost to divide by"
+                )
             total += per_module[name] / _channels(modules[name], out=out)
         if total <= 0:
             raise UnsupportedModelError(f"normalize='cost': removing a channel of group {g.name!r} frees no MACs")
@@ -151,10 +159,17 @@ def target_cost(model: nn.Module, example_input: torch.Tensor, target: str) -> i
     return measure.count_params(model) if target == "params" else measure.count_macs(model, example_input)
 
 
-def prune(model: nn.Module, groups: Sequence[ChannelGroup], scores: Sequence[torch.Tensor],
-          ratio: float = 0.5, target: str = "structures", min_channels: int = 1,
-          normalize: str = "none", example_input: torch.Tensor | None = None,
-          min_fraction: float = 0.0) -> PruneResult:
+def prune(
+    model: nn.Module,
+    groups: Sequence[ChannelGroup],
+    scores: Sequence[torch.Tensor],
+    ratio: float = 0.5,
+    target: str = "structures",
+    min_channels: int = 1,
+    normalize: str = "none",
+    example_input: torch.Tensor | None = None,
+    min_fraction: float = 0.0,
+) -> PruneResult:
     """Remove the lowest-saliency structures globally until ``ratio`` of the ``target`` is gone, keeping
     at least :func:`group_floor` channels in every group."""
     ratio = check_ratio(ratio)
@@ -180,14 +195,21 @@ def prune(model: nn.Module, groups: Sequence[ChannelGroup], scores: Sequence[tor
             raise ConfigError(
                 f"ratio {ratio} asks to remove {k} of {total} structures, but the per-group floor "
                 f"(min_channels={min_channels}, min_fraction={min_fraction}) of {len(groups)} groups allows "
-                f"at most {len(order)}")
+                f"at most {len(order)}"
+            )
         removed = as_removed(groups, order[:k])
         pruned = remove_channels(model, groups, removed, example_input)
     else:
         k, removed, pruned = _search_cost_target(model, groups, order, ratio, target, example_input)
     report = describe(model, pruned, groups, removed, example_input)
-    report.update(ratio=ratio, target=target, min_channels=min_channels, min_fraction=min_fraction,
-                  normalize=normalize, selection_seconds=time.perf_counter() - start)
+    report.update(
+        ratio=ratio,
+        target=target,
+        min_channels=min_channels,
+        min_fraction=min_fraction,
+        normalize=normalize,
+        selection_seconds=time.perf_counter() - start,
+    )
     return PruneResult(model=pruned, removed=removed, report=report)
 
 
@@ -223,18 +245,27 @@ def _search_cost_target(model, groups, order, ratio, target, example_input):
     if k is None:
         raise ConfigError(
             f"ratio {ratio} of {target} cannot be reached: removing every removable structure leaves "
-            f"{evaluate(len(order)) / base:.3f} of the base {target}")
+            f"{evaluate(len(order)) / base:.3f} of the base {target}"
+        )
     removed, pruned, _ = cache[k]
     return k, removed, pruned
 
 
-def describe(base: nn.Module, pruned: nn.Module, groups: Sequence[ChannelGroup],
-             removed: dict[str, Sequence[int]], example_input: torch.Tensor) -> dict:
+def describe(
+    base: nn.Module,
+    pruned: nn.Module,
+    groups: Sequence[ChannelGroup],
+    removed: dict[str, Sequence[int]],
+    example_input: torch.Tensor,
+) -> dict:
     """What was removed, per group and per layer, and the achieved params/MACs."""
     total = sum(g.size for g in groups)
     per_group = [{"group": g.name, "size": g.size, "removed": len(removed.get(g.name, ()))} for g in groups]
-    per_layer = [{"layer": p, "group": g.name, "channels": g.size, "removed": len(removed.get(g.name, ()))}
-                 for g in groups for p in g.producers]
+    per_layer = [
+        {"layer": p, "group": g.name, "channels": g.size, "removed": len(removed.get(g.name, ()))}
+        for g in groups
+        for p in g.producers
+    ]
     params_before, params_after = measure.count_params(base), measure.count_params(pruned)
     macs_before, macs_after = measure.count_macs(base, example_input), measure.count_macs(pruned, example_input)
     return {
@@ -242,11 +273,14 @@ def describe(base: nn.Module, pruned: nn.Module, groups: Sequence[ChannelGroup],
         "num_removed": sum(r["removed"] for r in per_group),
         "min_kept_fraction": min(((r["size"] - r["removed"]) / r["size"] for r in per_group), default=1.0),
         "achieved_fraction": sum(r["removed"] for r in per_group) / max(total, 1),
-        "params_before": params_before, "params_after": params_after,
-        "macs_before": macs_before, "macs_after": macs_after,
+        "params_before": params_before,
+        "params_after": params_after,
+        "macs_before": macs_before,
+        "macs_after": macs_after,
         "params_fraction_removed": 1 - params_after / params_before,
         "macs_fraction_removed": 1 - macs_after / macs_before if macs_before else 0.0,
-        "per_group": per_group, "per_layer": per_layer,
+        "per_group": per_group,
+        "per_layer": per_layer,
     }
 
 
@@ -262,8 +296,9 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def effective_selection(method: str, options: dict, min_channels: int = 1, min_fraction: float = 0.0,
-                        normalize: str = "none") -> dict:
+def effective_selection(
+    method: str, options: dict, min_channels: int = 1, min_fraction: float = 0.0, normalize: str = "none"
+) -> dict:
     """The selection settings a run of ``method`` really uses (and records): the floor is the larger
     of the configured ``min_fraction`` and the method's own (EigenDamage and C-OBD keep 5 % per layer,
     as their authors' code); ``normalize="cost"`` only where the method's scores are on a scale that
@@ -275,26 +310,63 @@ def effective_selection(method: str, options: dict, min_channels: int = 1, min_f
     min_channels, min_fraction = check_floor(min_channels, min_fraction)
     entry = methods.get(method)
     policy = entry.policy
-    return {"min_channels": min_channels,
-            "min_fraction": max(min_fraction, policy.min_fraction),
-            "normalize": normalize if policy.normalizable(entry.resolve(options)) else "none"}
+    return {
+        "min_channels": min_channels,
+        "min_fraction": max(min_fraction, policy.min_fraction),
+        "normalize": normalize if policy.normalizable(entry.resolve(options)) else "none",
+    }
 
 
-def run(method: str, model: nn.Module, batches: Iterable, ratio: float, *, example_input: torch.Tensor,
-        target: str = "structures", min_channels: int = 1, min_fraction: float = 0.0, normalize: str = "none",
-        num_samples: int | None = None, seed: int = 0, **options) -> PruneResult:
+def run(
+    method: str,
+    model: nn.Module,
+    batches: Iterable,
+    ratio: float,
+    *,
+    example_input: torch.Tensor,
+    target: str = "structures",
+    min_channels: int = 1,
+    min_fraction: float = 0.0,
+    normalize: str = "none",
+    num_samples: int | None = None,
+    seed: int = 0,
+    **options,
+) -> PruneResult:
     """Score with ``method`` on ``batches`` and prune to ``ratio``: the one call every rule makes."""
-    (result,) = run_ratios(method, model, lambda: batches, [ratio], example_input=example_input,
-                           target=target, min_channels=min_channels, min_fraction=min_fraction,
-                           normalize=normalize, num_samples=num_samples, seed=seed, **options)
+    (result,) = run_ratios(
+        method,
+        model,
+        lambda: batches,
+        [ratio],
+        example_input=example_input,
+        target=target,
+        min_channels=min_channels,
+        min_fraction=min_fraction,
+        normalize=normalize,
+        num_samples=num_samples,
+        seed=seed,
+        **options,
+    )
     return result
 
 
-def run_ratios(method: str, model: nn.Module, make_batches: Callable[[], Iterable], ratios: Sequence[float], *,
-               example_input: torch.Tensor, target: str = "structures", min_channels: int = 1,
-               min_fraction: float = 0.0, normalize: str = "none", num_samples: int | None = None,
-               seed: int = 0, warmup_batches: int = 0, log: Callable[[str], None] | None = None,
-               **options) -> list[PruneResult]:
+def run_ratios(
+    method: str,
+    model: nn.Module,
+    make_batches: Callable[[], Iterable],
+    ratios: Sequence[float],
+    *,
+    example_input: torch.Tensor,
+    target: str = "structures",
+    min_channels: int = 1,
+    min_fraction: float = 0.0,
+    normalize: str = "none",
+    num_samples: int | None = None,
+    seed: int = 0,
+    warmup_batches: int = 0,
+    log: Callable[[str], None] | None = None,
+    **options,
+) -> list[PruneResult]:
     """:func:`run` at several ratios. A channel-saliency method scores once (saliencies do not depend
     on the ratio) and selects per ratio; ``prune_seconds`` of each result is the shared scoring time
     plus its own selection and surgery. Whole pruners (kind ``pruner``) run once per ratio, each on
@@ -323,9 +395,18 @@ def run_ratios(method: str, model: nn.Module, make_batches: Callable[[], Iterabl
         results = []
         for ratio in ratios:
             start = time.perf_counter()
-            result = entry.fn(model, make_batches(), ratio, example_input=example_input, target=target,
-                              num_samples=num_samples, seed=seed, min_channels=selection["min_channels"],
-                              min_fraction=selection["min_fraction"], **resolved)
+            result = entry.fn(
+                model,
+                make_batches(),
+                ratio,
+                example_input=example_input,
+                target=target,
+                num_samples=num_samples,
+                seed=seed,
+                min_channels=selection["min_channels"],
+                min_fraction=selection["min_fraction"],
+                **resolved,
+            )
             result.report.update(recorded, prune_seconds=time.perf_counter() - start)
             for key, value in selection.items():  # what was applied: the pruner's own report wins
                 result.report.setdefault(key, value)
@@ -341,18 +422,20 @@ def run_ratios(method: str, model: nn.Module, make_batches: Callable[[], Iterabl
         log(f"warm-up scoring on {len(warm)} batch(es) ({time.perf_counter() - t0:.2f} s, not counted)")
     start = time.perf_counter()
     timings: dict = {}
-    scores = saliency.score(method, model, groups, make_batches(), num_samples=num_samples,
-                            timings=timings, **options)
+    scores = saliency.score(method, model, groups, make_batches(), num_samples=num_samples, timings=timings, **options)
     scoring = grouping + time.perf_counter() - start
     log(f"scored {sum(g.size for g in groups)} structures in {len(groups)} groups ({scoring:.2f} s)")
     results = []
     for ratio in ratios:
         t0 = time.perf_counter()
-        result = prune(model, groups, scores, ratio=ratio, target=target, example_input=example_input,
-                       **selection)
+        result = prune(model, groups, scores, ratio=ratio, target=target, example_input=example_input, **selection)
         result.report.update(timings)
         result.report["scores"] = {g.name: s.tolist() for g, s in zip(groups, scores)}
-        result.report.update(recorded, prune_seconds=scoring + time.perf_counter() - t0,
-                             warmup_batches=warmup_batches, shared_scoring=len(ratios) > 1)
+        result.report.update(
+            recorded,
+            prune_seconds=scoring + time.perf_counter() - t0,
+            warmup_batches=warmup_batches,
+            shared_scoring=len(ratios) > 1,
+        )
         results.append(result)
     return results

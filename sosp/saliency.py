@@ -2,10 +2,11 @@
 
 The methods themselves (SOSP-H, SOSP-I and the baselines) live in :mod:`sosp.methods`, one module each.
 """
+
 from __future__ import annotations
 
 import time
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 import torch.nn as nn
@@ -15,8 +16,16 @@ from .structures import ChannelGroup
 from .utils import progress
 
 
-def score(method_name: str, model: nn.Module, groups: Sequence[ChannelGroup], batches: Iterable,
-          *, num_samples: int | None = None, timings: dict | None = None, **options) -> list[torch.Tensor]:
+def score(
+    method_name: str,
+    model: nn.Module,
+    groups: Sequence[ChannelGroup],
+    batches: Iterable,
+    *,
+    num_samples: int | None = None,
+    timings: dict | None = None,
+    **options,
+) -> list[torch.Tensor]:
     """Saliency of every structure, one tensor per group (length ``group.size``).
 
     ``batches`` yields ``(x, y)``; at most ``num_samples`` samples are used (all if None). Unknown

@@ -11,13 +11,13 @@ what physical removal does. Layers for which no gate can do that (channel-mixing
 parameters, grouped convolutions that are not depthwise, additive per-channel parameters) are refused
 with :class:`UnsupportedModelError` naming the layer.
 """
+
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
-from typing import Iterator, Sequence
-
 import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -31,6 +31,7 @@ def _import_torch_pruning():
     which this suite does not use; hide timm during that import unless it is loaded already."""
     if "timm" in sys.modules:
         import torch_pruning
+
         return torch_pruning
     sys.modules["timm"] = None  # makes `import timm` raise ImportError, which torch-pruning tolerates
     try:
@@ -94,8 +95,11 @@ class ChannelGroup:
 def classifier_name(model: nn.Module, example_input: torch.Tensor) -> str:
     """The last conv/linear executed in a forward pass: its output units are the classes."""
     order: list[str] = []
-    handles = [m.register_forward_hook(lambda m, i, o, n=n: order.append(n))
-               for n, m in model.named_modules() if isinstance(m, PRODUCER_TYPES)]
+    handles = [
+        m.register_forward_hook(lambda m, i, o, n=n: order.append(n))
+        for n, m in model.named_modules()
+        if isinstance(m, PRODUCER_TYPES)
+    ]
     try:
         with torch.no_grad():
             _eval_forward(model, example_input)
@@ -117,8 +121,7 @@ def dependency_graph(model: nn.Module, example_input: torch.Tensor) -> tp.Depend
         return tp.DependencyGraph().build_dependency(model, example_inputs=example_input)
 
 
-def channel_groups(model: nn.Module, example_input: torch.Tensor,
-                   unprunable: Sequence[str] = ()) -> ChannelGroups:
+def channel_groups(model: nn.Module, example_input: torch.Tensor, unprunable: Sequence[str] = ()) -> ChannelGroups:
     """All prunable channel groups of ``model``, in module order.
 
     The classifier's outputs are never prunable. A model may declare more modules whose output
@@ -148,8 +151,9 @@ def channel_groups(model: nn.Module, example_input: torch.Tensor,
     return ChannelGroups(groups, example_input=example_input[:1].detach())
 
 
-def _describe(tp_group, graph: tp.DependencyGraph, names: dict, order: dict,
-              params: dict) -> tuple[ChannelGroup, list[str]]:
+def _describe(
+    tp_group, graph: tp.DependencyGraph, names: dict, order: dict, params: dict
+) -> tuple[ChannelGroup, list[str]]:
     """The group, and the grouped (not depthwise) convs in it, which :func:`channel_groups` refuses."""
     producers, consumers, normalized = [], [], []
     sites: set[str] = set()  # each producer's gate site
@@ -172,7 +176,8 @@ def _describe(tp_group, graph: tp.DependencyGraph, names: dict, order: dict,
                 raise UnsupportedModelError(
                     f"channel LayerNorm {name!r} normalises the channels of the group rooted at {root!r} "
                     "together with other channels; gates cannot remove them exactly, so this model is "
-                    "not supported")
+                    "not supported"
+                )
             if name not in normalized:
                 normalized.append(name)
             continue
@@ -180,7 +185,8 @@ def _describe(tp_group, graph: tp.DependencyGraph, names: dict, order: dict,
             raise UnsupportedModelError(
                 f"layer {name!r} ({type(module).__name__}) mixes or rescales the channels of group "
                 f"rooted at {root!r}; gates cannot remove its "
-                "channels exactly, so this model is not supported")
+                "channels exactly, so this model is not supported"
+            )
         if isinstance(module, BATCHNORM_BASE):
             batchnorms.setdefault(name, (module, {}))[1].update(channels)
             continue
@@ -211,10 +217,15 @@ def _describe(tp_group, graph: tp.DependencyGraph, names: dict, order: dict,
             slices.append((name, tuple(channels[k] for k in group_channels), group_channels))
             normalized.append(name)
     slices.sort(key=lambda s: order[s[0]])
-    group = ChannelGroup(name=producers[0], size=size, gated_modules=tuple(sorted(gated, key=order.__getitem__)),
-                         producers=tuple(producers), consumers=tuple(sorted(consumers, key=order.__getitem__)),
-                         normalized_modules=tuple(sorted(normalized, key=order.__getitem__)),
-                         gate_slices=tuple(slices))
+    group = ChannelGroup(
+        name=producers[0],
+        size=size,
+        gated_modules=tuple(sorted(gated, key=order.__getitem__)),
+        producers=tuple(producers),
+        consumers=tuple(sorted(consumers, key=order.__getitem__)),
+        normalized_modules=tuple(sorted(normalized, key=order.__getitem__)),
+        gate_slices=tuple(slices),
+    )
     return group, grouped
 
 
@@ -233,7 +244,8 @@ def _refuse_grouped_convs(grouped: dict[str, set[str]], modules: dict, order: di
         f"depthwise: {', '.join(described)}. Removing single channels breaks the grouping, so gates and "
         f"surgery cannot agree. Declare {', '.join(repr(n) for n in declare)} unprunable "
         "(channel_groups(..., unprunable=[...]) or the model attribute sosp_unprunable), so that no "
-        "group contains a grouped convolution")
+        "group contains a grouped convolution"
+    )
 
 
 def _root_idxs(item) -> list[int]:
@@ -272,7 +284,8 @@ def _check_unwrapped_parameter(graph: tp.DependencyGraph, param: nn.Parameter, n
         raise UnsupportedModelError(
             f"parameter {name!r} acts on the channels of the group rooted at {root!r} other than by "
             "multiplication (e.g. an additive per-channel offset): a removed channel would not read zero "
-            "after it, so gates cannot remove it exactly and this model is not supported")
+            "after it, so gates cannot remove it exactly and this model is not supported"
+        )
 
 
 def _is_channel_layernorm(module: nn.Module) -> bool:
@@ -296,9 +309,13 @@ def _gate_site(graph: tp.DependencyGraph, producer: nn.Module) -> nn.Module:
     nxt = outputs[0]
     if isinstance(nxt.module, BATCHNORM_BASE):
         return nxt.module
-    if (isinstance(nxt.module, tp.ops._ElementWiseOp) and "BatchNorm" in str(nxt.module._grad_fn)
-            and len(nxt.outputs) == 1 and isinstance(nxt.outputs[0].module, BATCHNORM_BASE)
-            and len(nxt.outputs[0].inputs) == 1):
+    if (
+        isinstance(nxt.module, tp.ops._ElementWiseOp)
+        and "BatchNorm" in str(nxt.module._grad_fn)
+        and len(nxt.outputs) == 1
+        and isinstance(nxt.outputs[0].module, BATCHNORM_BASE)
+        and len(nxt.outputs[0].inputs) == 1
+    ):
         return nxt.outputs[0].module
     return producer
 
@@ -355,8 +372,9 @@ def broadcast_gate(gate: torch.Tensor, output: torch.Tensor, dim: int) -> torch.
 
 
 @contextlib.contextmanager
-def gates_applied(model: nn.Module, groups: Sequence[ChannelGroup],
-                  gates: Sequence[torch.Tensor] | torch.Tensor) -> Iterator[None]:
+def gates_applied(
+    model: nn.Module, groups: Sequence[ChannelGroup], gates: Sequence[torch.Tensor] | torch.Tensor
+) -> Iterator[None]:
     """Multiply every gated module's output by its group's gate while the block runs.
 
     ``gated_modules`` get the plain product; ``normalized_modules`` their gate-aware hook: channel
@@ -376,20 +394,30 @@ def gates_applied(model: nn.Module, groups: Sequence[ChannelGroup],
             for name in group.gated_modules:
                 module = modules[name]
                 dim = channel_dim(module)
-                handles.append(module.register_forward_hook(
-                    lambda m, i, out, gate=gate, dim=dim: out * broadcast_gate(gate, out, dim)))
+                handles.append(
+                    module.register_forward_hook(
+                        lambda m, i, out, gate=gate, dim=dim: out * broadcast_gate(gate, out, dim)
+                    )
+                )
             slices = {name: (mod_idx, grp_idx) for name, mod_idx, grp_idx in group.gate_slices}
             for name in group.normalized_modules:
                 module = modules[name]
                 dim = channel_dim(module)
                 if name in slices:
                     scatter = _scatter_matrix(group.size, module.num_features, *slices[name], gate)
-                    handles.append(module.register_forward_hook(
-                        lambda m, i, out, gate=gate, dim=dim, scatter=scatter:
-                            out * broadcast_gate(1 + (gate - 1) @ scatter, out, dim)))
+                    handles.append(
+                        module.register_forward_hook(
+                            lambda m, i, out, gate=gate, dim=dim, scatter=scatter: (
+                                out * broadcast_gate(1 + (gate - 1) @ scatter, out, dim)
+                            )
+                        )
+                    )
                 else:
-                    handles.append(module.register_forward_hook(
-                        lambda m, i, out, gate=gate, dim=dim: gated_layer_norm(m, i[0], gate, dim)))
+                    handles.append(
+                        module.register_forward_hook(
+                            lambda m, i, out, gate=gate, dim=dim: gated_layer_norm(m, i[0], gate, dim)
+                        )
+                    )
         yield
     finally:
         for h in handles:
@@ -405,8 +433,9 @@ def _scatter_matrix(size: int, width: int, module_channels, group_channels, like
     return scatter
 
 
-def zero_gates(groups: Sequence[ChannelGroup], removed: dict[str, Sequence[int]],
-               dtype: torch.dtype = torch.float32, device=None) -> list[torch.Tensor]:
+def zero_gates(
+    groups: Sequence[ChannelGroup], removed: dict[str, Sequence[int]], dtype: torch.dtype = torch.float32, device=None
+) -> list[torch.Tensor]:
     """Gates of value 1, with the removed channels of each group set to 0."""
     gates = []
     for g in groups:

@@ -5,15 +5,17 @@ data order, augmentation and any dropout of epoch ``e`` come from generators see
 ``(seed, e)``, so a run resumed from its end-of-epoch checkpoint replays exactly the batches an
 uninterrupted run would see, and ends with bit-identical weights.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,7 +25,8 @@ from torch import nn
 from .data import DataBundle, Split, batches
 from .errors import ConfigError, TrainingDivergedError
 from .io import write_atomic
-from .utils import eval_mode, progress as progress_bar
+from .utils import eval_mode
+from .utils import progress as progress_bar
 
 __all__ = ["TrainConfig", "DEFAULT_DIGITS_CONFIG", "train", "evaluate", "seed_everything"]
 
@@ -65,8 +68,9 @@ class TrainConfig:
         try:
             object.__setattr__(self, "milestones", tuple(float(m) for m in self.milestones))
         except (TypeError, ValueError):
-            raise ConfigError(f"training config milestones must be a list of fractions, "
-                              f"got {self.milestones!r}") from None
+            raise ConfigError(
+                f"training config milestones must be a list of fractions, got {self.milestones!r}"
+            ) from None
         checks = [
             (self.epochs >= 0, "epochs must be >= 0"),
             (self.batch_size >= 1, "batch_size must be >= 1"),
@@ -85,13 +89,14 @@ class TrainConfig:
                 raise ConfigError(f"{message} (training config: {self})")
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         """Build from a config mapping; an unknown or missing key is a ConfigError naming it."""
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
-            raise ConfigError(f"unknown training config key(s): {', '.join(map(repr, unknown))}; "
-                              f"known: {', '.join(sorted(names))}")
+            raise ConfigError(
+                f"unknown training config key(s): {', '.join(map(repr, unknown))}; known: {', '.join(sorted(names))}"
+            )
         missing = [k for k in ("epochs", "batch_size", "lr") if k not in d]
         if missing:
             raise ConfigError(f"training config is missing key(s): {', '.join(map(repr, missing))}")
@@ -141,9 +146,17 @@ def _steps_per_epoch(n: int, batch_size: int) -> tuple[int, bool]:
     return (n // batch_size if drop_last else 1), drop_last
 
 
-def train(model: nn.Module, data: DataBundle, config: TrainConfig, *, seed: int,
-          checkpoint_dir: str | Path | None = None, device="cpu", progress: bool = True,
-          log: Callable[[dict], None] | None = None) -> dict[str, list]:
+def train(
+    model: nn.Module,
+    data: DataBundle,
+    config: TrainConfig,
+    *,
+    seed: int,
+    checkpoint_dir: str | Path | None = None,
+    device="cpu",
+    progress: bool = True,
+    log: Callable[[dict], None] | None = None,
+) -> dict[str, list]:
     """Train ``model`` in place for ``config.epochs`` epochs on ``data.train``; return the history.
 
     History: per epoch ``epoch`` (1-based), ``train_loss``, ``val_top1`` (None without a validation
@@ -159,8 +172,13 @@ def train(model: nn.Module, data: DataBundle, config: TrainConfig, *, seed: int,
     model.to(device)
     if cuda:
         model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                                weight_decay=config.weight_decay, nesterov=config.nesterov)
+    optimizer = torch.optim.SGD(
+        model.parameters(),
+        lr=config.lr,
+        momentum=config.momentum,
+        weight_decay=config.weight_decay,
+        nesterov=config.nesterov,
+    )
     train_split, val_split = data.train.to(device), data.val.to(device)
     steps, drop_last = _steps_per_epoch(len(train_split), config.batch_size)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(config, steps))
@@ -171,14 +189,18 @@ def train(model: nn.Module, data: DataBundle, config: TrainConfig, *, seed: int,
     if ckpt_path is not None and ckpt_path.exists():
         state = torch.load(ckpt_path, map_location=device, weights_only=False)
         if state.get("config") != config.to_dict() or state.get("seed") != seed:
-            raise ConfigError(f"{ckpt_path} was written by a run with another training config or seed "
-                              f"({state.get('config')}, seed {state.get('seed')}); delete it to start over "
-                              f"or use another checkpoint folder")
+            raise ConfigError(
+                f"{ckpt_path} was written by a run with another training config or seed "
+                f"({state.get('config')}, seed {state.get('seed')}); delete it to start over "
+                f"or use another checkpoint folder"
+            )
         saved_shapes = {k: tuple(v.shape) for k, v in state["model"].items()}
         model_shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
         if saved_shapes != model_shapes:
-            raise ConfigError(f"{ckpt_path} holds a model of another shape (a different architecture or "
-                              "pruned model); delete it to start over or use another checkpoint folder")
+            raise ConfigError(
+                f"{ckpt_path} holds a model of another shape (a different architecture or "
+                "pruned model); delete it to start over or use another checkpoint folder"
+            )
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -189,19 +211,34 @@ def train(model: nn.Module, data: DataBundle, config: TrainConfig, *, seed: int,
         torch.manual_seed(_epoch_seed(seed, epoch, 1))  # dropout and any other global draws
         generator = torch.Generator().manual_seed(_epoch_seed(seed, epoch, 0))  # order + augmentation
         lr0 = optimizer.param_groups[0]["lr"]
-        loss_sum = _train_epoch(model, train_split, data, config, optimizer, scheduler, generator, device,
-                                drop_last, steps, epoch, progress)
-        val = evaluate(model, val_split, batch_size=max(512, config.batch_size), device=device)["top1"] \
-            if len(val_split) else None
-        record = {"epoch": epoch + 1, "train_loss": loss_sum / steps, "val_top1": val, "lr": lr0,
-                  "seconds": time.perf_counter() - t0}
+        loss_sum = _train_epoch(
+            model, train_split, data, config, optimizer, scheduler, generator, device, drop_last, steps, epoch, progress
+        )
+        val = (
+            evaluate(model, val_split, batch_size=max(512, config.batch_size), device=device)["top1"]
+            if len(val_split)
+            else None
+        )
+        record = {
+            "epoch": epoch + 1,
+            "train_loss": loss_sum / steps,
+            "val_top1": val,
+            "lr": lr0,
+            "seconds": time.perf_counter() - t0,
+        }
         for k, v in record.items():
             history[k].append(v)
         if ckpt_path is not None:
-            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                     "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "history": history,
-                     "config": config.to_dict(), "seed": seed}
-            write_atomic(ckpt_path, lambda tmp: torch.save(state, tmp))
+            state = {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "epoch": epoch + 1,
+                "history": history,
+                "config": config.to_dict(),
+                "seed": seed,
+            }
+            write_atomic(ckpt_path, lambda tmp, state=state: torch.save(state, tmp))
         if log is not None:
             log(dict(record))
     if cuda:
@@ -209,8 +246,20 @@ def train(model: nn.Module, data: DataBundle, config: TrainConfig, *, seed: int,
     return history
 
 
-def _train_epoch(model, split: Split, data: DataBundle, config: TrainConfig, optimizer, scheduler, generator,
-                 device, drop_last: bool, steps: int, epoch: int, show: bool) -> float:
+def _train_epoch(
+    model,
+    split: Split,
+    data: DataBundle,
+    config: TrainConfig,
+    optimizer,
+    scheduler,
+    generator,
+    device,
+    drop_last: bool,
+    steps: int,
+    epoch: int,
+    show: bool,
+) -> float:
     """One epoch of SGD; returns the summed batch losses. Checks finiteness every few steps."""
     cuda = device.type == "cuda"
     model.train()
@@ -229,14 +278,24 @@ def _train_epoch(model, split: Split, data: DataBundle, config: TrainConfig, opt
             kind = "nan" if math.isnan(values[i]) else "inf"
             raise TrainingDivergedError(
                 f"loss became {kind} at epoch {epoch + 1}, step {first_pending + i + 1} (1-based, of {steps} "
-                f"steps per epoch); lower the learning rate (lr={config.lr}) or add warm-up epochs")
+                f"steps per epoch); lower the learning rate (lr={config.lr}) or add warm-up epochs"
+            )
         loss_sum += float(values.double().sum())
         bar.set_postfix(loss=f"{float(values[-1]):.4f}", refresh=False)
         pending, first_pending = [], step
 
     try:
-        for step, (x, y) in enumerate(batches(split, config.batch_size, shuffle=True, generator=generator,
-                                              augment=data.augment, device=device, drop_last=drop_last)):
+        for step, (x, y) in enumerate(
+            batches(
+                split,
+                config.batch_size,
+                shuffle=True,
+                generator=generator,
+                augment=data.augment,
+                device=device,
+                drop_last=drop_last,
+            )
+        ):
             if cuda:
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=cuda):

@@ -3,11 +3,13 @@
 Imports nothing from ``sosp`` (every module may import it), and neither torch nor tqdm until used,
 so the command line stays quick to start.
 """
+
 from __future__ import annotations
 
 import contextlib
 import sys
-from typing import TYPE_CHECKING, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from torch import nn
@@ -42,8 +44,14 @@ def show_progress(enabled: bool) -> None:
     _SHOW_PROGRESS = bool(enabled)
 
 
-def progress(iterable: Iterable | None = None, desc: str | None = None, total: int | None = None, *,
-             enabled: bool = True, **options):
+def progress(
+    iterable: Iterable | None = None,
+    desc: str | None = None,
+    total: int | None = None,
+    *,
+    enabled: bool = True,
+    **options,
+):
     """A tqdm bar on stderr, the one kind of live progress in the suite (training steps, scoring batches).
 
     Shown only when stderr is a terminal (``disable=None``): a log file, a pipe or pytest's capture
@@ -54,5 +62,11 @@ def progress(iterable: Iterable | None = None, desc: str | None = None, total: i
     from tqdm import tqdm
 
     options = {"leave": False, "mininterval": 0.5, "dynamic_ncols": True, **options}
-    return tqdm(iterable, desc=desc, total=total, file=sys.stderr,
-                disable=None if enabled and _SHOW_PROGRESS else True, **options)
+    return tqdm(
+        iterable,
+        desc=desc,
+        total=total,
+        file=sys.stderr,
+        disable=None if enabled and _SHOW_PROGRESS else True,
+        **options,
+    )

@@ -1,5 +1,6 @@
 """Shared test settings: one intra-op thread per test worker (pytest-xdist runs one worker per core,
 and oversubscribed threads slow small ops by orders of magnitude), offline model hubs."""
+
 import os
 import sys
 

@@ -1,6 +1,7 @@
 """Baselines (docs/method.md section 6): oracle tests in float64 against brute force that shares nothing
 with ``sosp.methods`` (own hooks, one sample at a time, explicit Kronecker matrices), then every method
 end to end on the CIFAR and torchvision models."""
+
 import copy
 from collections import OrderedDict
 
@@ -8,11 +9,11 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
 import toy_models
+
 from sosp import measure, models, prune, saliency, structures
-from sosp.methods import eigendamage, fisher, magnitude
 from sosp.errors import ConfigError
+from sosp.methods import eigendamage, fisher, magnitude
 
 KINDS = ["resnet", "vgg"]
 REL = 1e-8
@@ -33,8 +34,7 @@ def reproduce_sampled_labels(model, batches, seed):
     """The labels the Fisher passes draw: one multinomial draw per sample, batch after batch."""
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        return torch.cat([torch.multinomial(model.eval()(x).softmax(-1), 1, generator=gen)[:, 0]
-                          for x, _ in batches])
+        return torch.cat([torch.multinomial(model.eval()(x).softmax(-1), 1, generator=gen)[:, 0] for x, _ in batches])
 
 
 # ------------------------------------------------------------------------------------------- random
@@ -54,8 +54,16 @@ def test_random_is_uniform_and_seeded():
 
 def test_magnitude_keeps_exactly_the_largest_l1_filters():
     values = [0.5, -3.0, 1.0, -0.1, 2.0, 0.7]  # filter i = values[i] everywhere: L1 = 9 |values[i]|
-    model = nn.Sequential(OrderedDict(conv=nn.Conv2d(1, 6, 3, bias=False), bn=nn.BatchNorm2d(6), relu=nn.ReLU(),
-                                      pool=nn.AdaptiveAvgPool2d(1), flat=nn.Flatten(), fc=nn.Linear(6, 3)))
+    model = nn.Sequential(
+        OrderedDict(
+            conv=nn.Conv2d(1, 6, 3, bias=False),
+            bn=nn.BatchNorm2d(6),
+            relu=nn.ReLU(),
+            pool=nn.AdaptiveAvgPool2d(1),
+            flat=nn.Flatten(),
+            fc=nn.Linear(6, 3),
+        )
+    )
     with torch.no_grad():
         model.conv.weight.copy_(torch.tensor(values)[:, None, None, None].expand(6, 1, 3, 3))
     x = torch.randn(1, 1, 6, 6)
@@ -86,12 +94,12 @@ def test_layerwise_magnitude_removes_the_same_fraction_of_every_group(name, rati
     groups = structures.channel_groups(model, x)
     scores = saliency.score("magnitude", model, groups, [], scope="layerwise")
     order = prune.removal_order(groups, scores)
-    removed = prune.as_removed(groups, order[:round(ratio * sum(g.size for g in groups))])
+    removed = prune.as_removed(groups, order[: round(ratio * sum(g.size for g in groups))])
     assert len({g.size for g in groups}) > 1, "groups of different sizes make the test meaningful"
     for g in groups:
         assert abs(len(removed.get(g.name, [])) - ratio * g.size) <= 1, (g.name, g.size)
     # and the lowest-norm filters of each group are the ones removed
-    for g, s in zip(groups, scores):
+    for g in groups:
         norms = magnitude.filter_l1_norms(model, g)
         gone = removed.get(g.name, [])
         if gone and len(gone) < g.size:
@@ -108,8 +116,10 @@ def gated_loss(model, groups, x, y, gates):
     handles = []
     for group, gate in zip(groups, torch.split(gates, [g.size for g in groups])):
         for name in group.gated_modules:
+
             def hook(mod, inp, out, gate=gate):
                 return out * gate.reshape([1, -1] + [1] * (out.dim() - 2))
+
             handles.append(modules[name].register_forward_hook(hook))
     try:
         return F.cross_entropy(model(x), y)
@@ -128,7 +138,7 @@ def test_taylor_is_the_mean_over_minibatches_of_squared_gate_gradients(kind):
     for xb, yb in batches:
         c = torch.ones(sum(g.size for g in groups), dtype=torch.float64, requires_grad=True)
         (grad,) = torch.autograd.grad(gated_loss(model, groups, xb, yb, c), c)
-        expected = expected + grad ** 2 / len(batches)
+        expected = expected + grad**2 / len(batches)
     got = torch.cat(saliency.score("taylor", model, groups, batches))
     assert close(got, expected)
 
@@ -145,11 +155,10 @@ def test_cobd_equals_bruteforce_diagonal_fisher(kind):
     labels = reproduce_sampled_labels(model, batches, seed=5)
     modules = dict(model.named_modules())
     producers = sorted({p for g in groups for p in g.producers})
-    params = {p: [modules[p].weight] + ([modules[p].bias] if modules[p].bias is not None else [])
-              for p in producers}
+    params = {p: [modules[p].weight] + ([modules[p].bias] if modules[p].bias is not None else []) for p in producers}
     fisher = {p: [torch.zeros_like(t) for t in ts] for p, ts in params.items()}
     for n in range(len(x)):
-        loss = F.cross_entropy(model(x[n:n + 1]), labels[n:n + 1])
+        loss = F.cross_entropy(model(x[n : n + 1]), labels[n : n + 1])
         flat = [t for p in producers for t in params[p]]
         grads = iter(torch.autograd.grad(loss, flat))
         for p in producers:
@@ -160,7 +169,7 @@ def test_cobd_equals_bruteforce_diagonal_fisher(kind):
         total = 0
         for p in g.producers:
             w = params[p][0].detach()
-            total = total + (w ** 2 * fisher[p][0]).reshape(len(w), -1).sum(1)
+            total = total + (w**2 * fisher[p][0]).reshape(len(w), -1).sum(1)
             if len(params[p]) > 1:
                 total = total + params[p][1].detach() ** 2 * fisher[p][1]
         expected.append(total)
@@ -173,8 +182,11 @@ def test_cobd_equals_bruteforce_diagonal_fisher(kind):
 
 def tiny_conv_net():
     torch.manual_seed(3)
-    return nn.Sequential(nn.Conv2d(2, 3, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten(),
-                         nn.Linear(27, 4)).double().eval()
+    return (
+        nn.Sequential(nn.Conv2d(2, 3, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(27, 4))
+        .double()
+        .eval()
+    )
 
 
 def test_kfac_factors_equal_bruteforce_second_moments():
@@ -189,13 +201,18 @@ def test_kfac_factors_equal_bruteforce_second_moments():
     A_lin, S_lin = torch.zeros(28, 28, dtype=torch.float64), torch.zeros(4, 4, dtype=torch.float64)
     for n in range(len(x)):
         padded = F.pad(x[n], (1, 1, 1, 1))  # every (output position, kernel offset) of the stride-2 conv
-        rows = [torch.cat([padded[:, 2 * i + u, 2 * j + v], torch.tensor([1 / 9], dtype=torch.float64)])
-                for i in range(3) for j in range(3) for u in range(3) for v in range(3)]
+        rows = [
+            torch.cat([padded[:, 2 * i + u, 2 * j + v], torch.tensor([1 / 9], dtype=torch.float64)])
+            for i in range(3)
+            for j in range(3)
+            for u in range(3)
+            for v in range(3)
+        ]
         A_conv += sum(torch.outer(r, r) for r in rows) / len(rows) / len(x)
-        h = conv(x[n:n + 1])
+        h = conv(x[n : n + 1])
         z = model[2](model[1](h))
         logits = lin(z)
-        g_h, g_logits = torch.autograd.grad(F.cross_entropy(logits, labels[n:n + 1]), [h, logits])
+        g_h, g_logits = torch.autograd.grad(F.cross_entropy(logits, labels[n : n + 1]), [h, logits])
         S_conv += sum(torch.outer(g_h[0, :, i, j], g_h[0, :, i, j]) for i in range(3) for j in range(3)) / len(x)
         a = torch.cat([z[0].detach(), torch.ones(1, dtype=torch.float64)])
         A_lin += torch.outer(a, a) / len(x)
@@ -212,8 +229,11 @@ def kfac_quadratic_form(delta_offsets, A, S):
     return theta @ big @ theta
 
 
-TINY_LAYERS = {"conv_bias": lambda: nn.Conv2d(2, 3, 2, bias=True), "linear_bias": lambda: nn.Linear(4, 3),
-               "conv": lambda: nn.Conv2d(3, 2, 3, bias=False)}
+TINY_LAYERS = {
+    "conv_bias": lambda: nn.Conv2d(2, 3, 2, bias=True),
+    "linear_bias": lambda: nn.Linear(4, 3),
+    "conv": lambda: nn.Conv2d(3, 2, 3, bias=False),
+}
 
 
 @pytest.mark.parametrize("kind", list(TINY_LAYERS))
@@ -301,16 +321,19 @@ def test_eigendamage_shrinks_the_network_which_still_trains(kind, options):
 # --------------------------------------------------------------------------- options and protocols
 
 
-@pytest.mark.parametrize("method, options, message", [
-    ("magnitude", {"scope": "per-layer"}, "scope must be one of"),
-    ("taylor", {"schedule": "iterative"}, "taylor_iterative"),
-    ("taylor", {"schedule": "sometimes"}, "schedule must be"),
-    ("eigendamage", {"mode": "twice"}, "mode must be one of"),
-    ("eigendamage", {"damping": 1.0}, "no option"),
-    ("eigendamage", {"mode": "iterative", "target": "macs"}, "one_pass"),
-    ("taylor_iterative", {"per_step": 0}, "per_step"),
-    ("cobd", {"labels": "true"}, "no option"),
-])
+@pytest.mark.parametrize(
+    "method, options, message",
+    [
+        ("magnitude", {"scope": "per-layer"}, "scope must be one of"),
+        ("taylor", {"schedule": "iterative"}, "taylor_iterative"),
+        ("taylor", {"schedule": "sometimes"}, "schedule must be"),
+        ("eigendamage", {"mode": "twice"}, "mode must be one of"),
+        ("eigendamage", {"damping": 1.0}, "no option"),
+        ("eigendamage", {"mode": "iterative", "target": "macs"}, "one_pass"),
+        ("taylor_iterative", {"per_step": 0}, "per_step"),
+        ("cobd", {"labels": "true"}, "no option"),
+    ],
+)
 def test_bad_options_raise_config_errors(method, options, message):
     model = toy_models.make("vgg")
     x, batches = toy_batches()
@@ -324,8 +347,9 @@ def test_taylor_iterative_alternates_removal_and_finetuning():
     x, batches = toy_batches()
     calls = []
     finetune = lambda m, b: calls.append(sum(p.numel() for p in m.parameters()))  # noqa: E731
-    result = prune.run("taylor_iterative", model, batches, 0.4, example_input=x[:1], prune_every=2, per_step=2,
-                       finetune_fn=finetune)
+    result = prune.run(
+        "taylor_iterative", model, batches, 0.4, example_input=x[:1], prune_every=2, per_step=2, finetune_fn=finetune
+    )
     report = result.report
     total = report["num_structures"]
     assert report["num_removed"] == round(0.4 * total) and report["steps"] == len(calls) > 1

@@ -1,5 +1,6 @@
 """The config schema: every shipped config validates; a bad key, value or type is rejected with a
 message naming it, and the workflow stops before any job."""
+
 from __future__ import annotations
 
 import copy
@@ -27,8 +28,11 @@ def merged(base: dict, overlay: dict) -> dict:
     """``overlay`` over ``base`` as Snakemake merges --configfile: mappings key by key, the rest replaced."""
     out = copy.deepcopy(base)
     for key, value in overlay.items():
-        out[key] = merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) \
+        out[key] = (
+            merged(out[key], value)
+            if isinstance(value, dict) and isinstance(out.get(key), dict)
             else copy.deepcopy(value)
+        )
     return out
 
 
@@ -52,9 +56,18 @@ def test_defaults_are_filled_in():
     assert config["resources"]["train"] == {"threads": 1, "mem_mb": 2000, "runtime": 30}
     assert config["report"]["tables"] == ["summary", "paper", "timing"]
     assert len(config["report"]["figures"]) == 7
-    assert config["bottleneck"] == {"enabled": False, "archs": [], "method": "sosp_h", "ratio": 0.5,
-                                    "selection": "fraction", "value": 0.25, "level": "layer", "factor": 2.0,
-                                    "uniform_factor": 1.1, "methods": ["sosp_h"]}
+    assert config["bottleneck"] == {
+        "enabled": False,
+        "archs": [],
+        "method": "sosp_h",
+        "ratio": 0.5,
+        "selection": "fraction",
+        "value": 0.25,
+        "level": "layer",
+        "factor": 2.0,
+        "uniform_factor": 1.1,
+        "methods": ["sosp_h"],
+    }
 
 
 def test_schema_names_match_the_library():
@@ -123,27 +136,30 @@ def _mutate(path: str, value) -> dict:
     return config
 
 
-@pytest.mark.parametrize("path, value, named", [
-    ("colour", "blue", "'colour' was unexpected"),  # unknown top-level key
-    ("prune.ratio", [0.5], "'ratio' was unexpected"),  # misspelt nested key
-    ("train.epoch", 3, "'epoch' was unexpected"),
-    ("dataset.nme", "digits", "'nme' was unexpected"),
-    ("prune.ratios", [0.3, 1.0], "prune']['ratios']"),  # ratio must be < 1
-    ("prune.ratios", [-0.1], "prune']['ratios']"),
-    ("train.epochs", "ten", "train']['epochs']"),  # bad type
-    ("seeds", [0, "1"], "['seeds']"),
-    ("prune.target", "flops", "prune']['target']"),
-    ("dataset.name", "mnist", "dataset']['name']"),
-    ("prune.methods", ["sosp_h", "sosp_x"], "prune']['methods'][1]"),  # unknown method
-    ("bottleneck.factor", -2, "bottleneck']['factor']"),
-    ("bottleneck.level", "stage", "bottleneck']['level']"),
-    ("measure.gpu_latency", "maybe", "measure']['gpu_latency']"),
-    ("measure.iters", 5, "measure']['iters']"),  # docs/method.md: at least 30 timed iterations
-    ("report.figures", ["tradeoff_macs", "pie_chart"], "report']['figures'][1]"),
-    ("resources.train", {"gpu": -1}, "resources']['train']['gpu']"),
-    ("resources.trian", {"threads": 2}, "'trian' was unexpected"),
-    ("archs", ["resnet20+x"], "['archs'][0]"),  # '+' is reserved for widened variants
-])
+@pytest.mark.parametrize(
+    "path, value, named",
+    [
+        ("colour", "blue", "'colour' was unexpected"),  # unknown top-level key
+        ("prune.ratio", [0.5], "'ratio' was unexpected"),  # misspelt nested key
+        ("train.epoch", 3, "'epoch' was unexpected"),
+        ("dataset.nme", "digits", "'nme' was unexpected"),
+        ("prune.ratios", [0.3, 1.0], "prune']['ratios']"),  # ratio must be < 1
+        ("prune.ratios", [-0.1], "prune']['ratios']"),
+        ("train.epochs", "ten", "train']['epochs']"),  # bad type
+        ("seeds", [0, "1"], "['seeds']"),
+        ("prune.target", "flops", "prune']['target']"),
+        ("dataset.name", "mnist", "dataset']['name']"),
+        ("prune.methods", ["sosp_h", "sosp_x"], "prune']['methods'][1]"),  # unknown method
+        ("bottleneck.factor", -2, "bottleneck']['factor']"),
+        ("bottleneck.level", "stage", "bottleneck']['level']"),
+        ("measure.gpu_latency", "maybe", "measure']['gpu_latency']"),
+        ("measure.iters", 5, "measure']['iters']"),  # docs/method.md: at least 30 timed iterations
+        ("report.figures", ["tradeoff_macs", "pie_chart"], "report']['figures'][1]"),
+        ("resources.train", {"gpu": -1}, "resources']['train']['gpu']"),
+        ("resources.trian", {"threads": 2}, "'trian' was unexpected"),
+        ("archs", ["resnet20+x"], "['archs'][0]"),  # '+' is reserved for widened variants
+    ],
+)
 def test_bad_config_is_rejected_naming_the_key(path, value, named):
     with pytest.raises(WorkflowError) as info:
         validate(_mutate(path, value), SCHEMA)
@@ -158,17 +174,30 @@ def test_missing_required_key_is_named():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("path, value, message", [
-    ("prune.ratios", [0.5, 1.5], "invalid config: prune.ratios[1]: 1.5 is greater than or equal to the maximum of 1"),
-    ("bottleneck.ratio", 0.4, "invalid config: bottleneck.ratio: 0.4 is not one of prune.ratios"),
-    ("bottleneck.archs", ["resnet56"], "invalid config: bottleneck.archs[0]: 'resnet56' is not one of archs"),
-    ("dataset.name", "imagefolder", "invalid config: dataset.root: the imagefolder data set needs the folder"),
-    ("prune.options", {"sosp_h": {"combin": "joint"}},
-     "invalid config: prune.options.sosp_h.combin: method 'sosp_h' has no option 'combin'; options: combine"),
-    ("prune.options", {"sosp_i": {"mc_samples": "many"}},
-     "invalid config: prune.options.sosp_i.mc_samples: mc_samples must be an integer, got 'many'"),
-    ("prune.options", {"sosp_hh": {}}, "invalid config: prune.options.sosp_hh: unknown pruning method 'sosp_hh'"),
-])
+@pytest.mark.parametrize(
+    "path, value, message",
+    [
+        (
+            "prune.ratios",
+            [0.5, 1.5],
+            "invalid config: prune.ratios[1]: 1.5 is greater than or equal to the maximum of 1",
+        ),
+        ("bottleneck.ratio", 0.4, "invalid config: bottleneck.ratio: 0.4 is not one of prune.ratios"),
+        ("bottleneck.archs", ["resnet56"], "invalid config: bottleneck.archs[0]: 'resnet56' is not one of archs"),
+        ("dataset.name", "imagefolder", "invalid config: dataset.root: the imagefolder data set needs the folder"),
+        (
+            "prune.options",
+            {"sosp_h": {"combin": "joint"}},
+            "invalid config: prune.options.sosp_h.combin: method 'sosp_h' has no option 'combin'; options: combine",
+        ),
+        (
+            "prune.options",
+            {"sosp_i": {"mc_samples": "many"}},
+            "invalid config: prune.options.sosp_i.mc_samples: mc_samples must be an integer, got 'many'",
+        ),
+        ("prune.options", {"sosp_hh": {}}, "invalid config: prune.options.sosp_hh: unknown pruning method 'sosp_hh'"),
+    ],
+)
 def test_workflow_stops_before_any_job(tmp_path, path, value, message):
     """Snakemake itself rejects a bad config up front with one line naming the key; nothing runs."""
     for name in ("Snakefile", "workflow", "config"):
@@ -177,8 +206,14 @@ def test_workflow_stops_before_any_job(tmp_path, path, value, message):
     bad = _mutate(path, value)
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad))
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "1", "--configfile", "bad.yaml"],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--cores", "1", "--configfile", "bad.yaml"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0
     assert message in out, out

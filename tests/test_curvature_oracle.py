@@ -3,11 +3,12 @@
 The brute force here shares nothing with ``sosp.curvature``: its own gate hooks, one sample and one
 logit at a time through reverse-mode autograd, and ``Lambda_n`` formed explicitly.
 """
+
 import pytest
 import torch
 import torch.nn.functional as F
-
 import toy_models
+
 from sosp import saliency, structures
 from sosp.methods.sosp_h import sosp_h_terms
 from sosp.methods.sosp_i import sosp_i_terms
@@ -26,9 +27,11 @@ def brute_force(model, groups, x, y):
         handles = []
         for group, piece in zip(groups, pieces):
             for name in group.gated_modules:
+
                 def hook(mod, inp, out, piece=piece):
                     shape = [1, -1] + [1] * (out.dim() - 2)
                     return out * piece.reshape(shape)
+
                 handles.append(modules[name].register_forward_hook(hook))
         try:
             return model(sample.unsqueeze(0))[0]
@@ -51,7 +54,7 @@ def brute_force(model, groups, x, y):
         p = logits.softmax(-1).detach()
         Lam = torch.diag(p) - torch.outer(p, p)
         G += J.T @ Lam @ J
-        (gn,) = torch.autograd.grad(F.cross_entropy(logits.unsqueeze(0), y[n:n + 1]), c)
+        (gn,) = torch.autograd.grad(F.cross_entropy(logits.unsqueeze(0), y[n : n + 1]), c)
         g += gn
     return g / len(x), G / len(x), logits_of
 
@@ -77,7 +80,7 @@ def setup(request):
 
 
 def batches_of(x, y, size=3):
-    return [(x[i:i + size], y[i:i + size]) for i in range(0, len(x), size)]
+    return [(x[i : i + size], y[i : i + size]) for i in range(0, len(x), size)]
 
 
 def test_groups_cover_residual_and_plain_channels(setup):
@@ -135,8 +138,9 @@ def test_hessian_curvature_equals_brute_force_hessian(setup):
     S = sum(g.size for g in groups)
 
     def loss(c):
-        return torch.stack([F.cross_entropy(logits_of(x[n], c).unsqueeze(0), y[n:n + 1])
-                            for n in range(len(x))]).mean()
+        return torch.stack(
+            [F.cross_entropy(logits_of(x[n], c).unsqueeze(0), y[n : n + 1]) for n in range(len(x))]
+        ).mean()
 
     H = torch.autograd.functional.hessian(loss, torch.ones(S, dtype=torch.float64))
     terms = sosp_h_terms(model, groups, batches_of(x, y), curvature="hessian")
@@ -152,12 +156,14 @@ def test_monte_carlo_fisher_converges_to_exact(setup):
     which leaves a wide margin for sampling noise while still failing for a biased estimator.
     """
     model, groups, x, y, _, G_bf = setup
+
     def error(K):
         errs = []
         for seed in range(3):
             G = sosp_i_terms(model, groups, batches_of(x, y), estimator="mc", mc_samples=K, seed=seed)["G"]
             errs.append((G - G_bf).abs().mean().item())
         return sum(errs) / len(errs)
+
     e1, e16, e256 = error(1), error(16), error(256)
     assert e256 < e16 < e1
     assert e256 < e1 / 4
@@ -166,6 +172,7 @@ def test_monte_carlo_fisher_converges_to_exact(setup):
 def test_sosp_i_refuses_matrices_that_do_not_fit(setup):
     model, groups, x, y, *_ = setup
     from sosp.errors import SospError
+
     S = sum(g.size for g in groups)
     with pytest.raises(SospError, match=f"{S} x {S}"):
         saliency.score("sosp_i", model, groups, batches_of(x, y), max_bytes=S * S * 8 - 1)
@@ -174,6 +181,7 @@ def test_sosp_i_refuses_matrices_that_do_not_fit(setup):
 def test_unknown_method_and_option_are_clear_errors(setup):
     model, groups, x, y, *_ = setup
     from sosp.errors import ConfigError, UnknownNameError
+
     with pytest.raises(UnknownNameError, match="unknown saliency method 'sosp_x'"):
         saliency.score("sosp_x", model, groups, batches_of(x, y))
     with pytest.raises(ConfigError, match="no option 'bogus'"):

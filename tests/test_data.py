@@ -1,4 +1,5 @@
 """Data sets, splits and batch iteration (sosp.data)."""
+
 import zipfile
 from pathlib import Path
 
@@ -18,6 +19,7 @@ def digits():
 
 
 # ------------------------------------------------------------------------------------------ digits
+
 
 def test_digits_split_sizes_and_shapes(digits):
     assert (len(digits.train), len(digits.val), len(digits.test)) == (1294, 144, 359)
@@ -66,12 +68,14 @@ def test_stratified_split_partitions_exactly():
 
 # ------------------------------------------------------------------------------------------ batches
 
+
 def test_batches_cover_the_split(digits):
     sizes = [len(y) for _, y in data.batches(digits.train, 100)]
     assert sum(sizes) == len(digits.train) and sizes[-1] == len(digits.train) % 100
     assert all(len(y) == 100 for _, y in data.batches(digits.train, 100, drop_last=True))
-    ys = torch.cat([y for _, y in data.batches(digits.train, 100, shuffle=True,
-                                               generator=torch.Generator().manual_seed(0))])
+    ys = torch.cat(
+        [y for _, y in data.batches(digits.train, 100, shuffle=True, generator=torch.Generator().manual_seed(0))]
+    )
     assert torch.equal(ys.sort().values, digits.train.y.sort().values)
 
 
@@ -100,7 +104,7 @@ def test_crop_matches_explicit_padding_and_flip_is_a_mirror():
     padded = fill[None, :, None, None].repeat(16, 1, 9, 10)
     padded[:, :, 2:7, 2:8] = x
     for i in range(16):
-        assert torch.equal(out[i], padded[i, :, dy[i]:dy[i] + 5, dx[i]:dx[i] + 6])
+        assert torch.equal(out[i], padded[i, :, dy[i] : dy[i] + 5, dx[i] : dx[i] + 6])
     flipped = data._augment(x, fill, data.Augment(crop_padding=0, flip=True), torch.Generator().manual_seed(0))
     is_flip = [torch.equal(flipped[i], x[i].flip(-1)) for i in range(16)]
     assert all(f or torch.equal(flipped[i], x[i]) for i, f in enumerate(is_flip)) and 0 < sum(is_flip) < 16
@@ -112,6 +116,7 @@ def test_split_to_device_and_subset(digits):
 
 
 # ------------------------------------------------------------------------------------------ errors
+
 
 def test_unknown_dataset_names_known_ones():
     with pytest.raises(UnknownNameError, match="unknown dataset 'mnist'.*cifar10.*digits"):
@@ -142,6 +147,7 @@ def test_missing_imagefolder_root_or_split(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ folders
+
 
 def _make_folder(root: Path, size=32, per_class=(6, 3), classes=("cat", "dog")):
     from PIL import Image
@@ -198,8 +204,11 @@ def test_imagefolder_streamed_at_224(tmp_path):
     _make_folder(tmp_path, size=40, per_class=(4, 2))
     b = data.load("imagefolder", root=tmp_path, image_size=224, val_fraction=0.25)
     assert not b.train.in_memory and (len(b.train), len(b.val), len(b.test)) == (6, 2, 4)
-    x, y = next(data.batches(b.train, 4, shuffle=True, augment=b.augment, num_workers=0,
-                             generator=torch.Generator().manual_seed(0)))
+    x, y = next(
+        data.batches(
+            b.train, 4, shuffle=True, augment=b.augment, num_workers=0, generator=torch.Generator().manual_seed(0)
+        )
+    )
     assert x.shape == (4, 3, 224, 224) and y.dtype == torch.int64
     x, _ = next(data.batches(b.test, 8, num_workers=0))
     assert x.shape == (4, 3, 224, 224)

@@ -5,12 +5,13 @@ placed before a BatchNorm. Here every BatchNorm gets random running statistics a
 parameters, every LayerNorm random affine parameters and every layer scale random values, so a
 zeroed channel that reaches a BatchNorm after its gate would read ``beta - gamma mu / sigma``, not 0.
 """
+
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
 import toy_models
+
 from sosp import curvature, models, prune, structures
 from sosp.errors import UnsupportedModelError
 
@@ -85,9 +86,15 @@ def assert_gates_equal_removal(model: nn.Module, x: torch.Tensor, **kwargs):
     return groups
 
 
-ZOO = [("torchvision:resnet18", False), ("torchvision:resnet50", True), ("torchvision:mobilenet_v2", False),
-       ("torchvision:densenet121", True), ("timm:resnet50", True), ("timm:efficientnet_b0", False),
-       ("timm:convnext_tiny", True)]
+ZOO = [
+    ("torchvision:resnet18", False),
+    ("torchvision:resnet50", True),
+    ("torchvision:mobilenet_v2", False),
+    ("torchvision:densenet121", True),
+    ("timm:resnet50", True),
+    ("timm:efficientnet_b0", False),
+    ("timm:convnext_tiny", True),
+]
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if slow else n for n, slow in ZOO])
@@ -97,16 +104,23 @@ def test_zoo_gates_equal_removal(name):
     x = torch.randn(2, 3, 64, 64, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     groups = assert_gates_equal_removal(model, x)
     modules = dict(model.named_modules())
-    depthwise = [n for g in groups for n in g.producers
-                 if isinstance(modules[n], nn.Conv2d) and modules[n].groups == modules[n].in_channels > 1]
+    depthwise = [
+        n
+        for g in groups
+        for n in g.producers
+        if isinstance(modules[n], nn.Conv2d) and modules[n].groups == modules[n].in_channels > 1
+    ]
     if "mobilenet" in name or "efficientnet" in name or "convnext" in name:
         assert depthwise, "depthwise convs are pruned with their group"
     if "densenet" in name:  # pre-activation BNs read concatenations of many groups
         assert any(g.gate_slices for g in groups)
 
 
-@pytest.mark.parametrize("name, options", [("resnet20", {"shortcut": "A"}), ("resnet20", {"shortcut": "B"}),
-                                           ("vgg11", {})], ids=["resnet20A", "resnet20B", "vgg11"])
+@pytest.mark.parametrize(
+    "name, options",
+    [("resnet20", {"shortcut": "A"}), ("resnet20", {"shortcut": "B"}), ("vgg11", {})],
+    ids=["resnet20A", "resnet20B", "vgg11"],
+)
 def test_cifar_gates_equal_removal(name, options):
     torch.manual_seed(0)
     model = randomize(models.create(name, num_classes=10, **options)).double()
@@ -146,8 +160,9 @@ def test_sliced_gates_shared_and_per_sample_agree():
     model = randomize(toy_models.make_more("dense"))
     x = torch.randn(3, 1, 8, 8, dtype=torch.float64)
     groups = structures.channel_groups(model, x[:1])
-    flat = torch.rand(structures.total_structures(groups), dtype=torch.float64,
-                      generator=torch.Generator().manual_seed(2))
+    flat = torch.rand(
+        structures.total_structures(groups), dtype=torch.float64, generator=torch.Generator().manual_seed(2)
+    )
     with torch.no_grad():
         with structures.gates_applied(model, groups, flat):
             shared = model(x)
@@ -172,7 +187,7 @@ def test_curvature_paths_include_every_gate_site(kind):
         for k in range(5):
             c = torch.ones(S, dtype=torch.float64, requires_grad=True)
             with structures.gates_applied(model, groups, c):
-                (row,) = torch.autograd.grad(model(x[n:n + 1])[0, k], c)
+                (row,) = torch.autograd.grad(model(x[n : n + 1])[0, k], c)
             jac.append(row)
         rows.append(torch.stack(jac))
     J = torch.stack(rows)  # (B, C, S)
@@ -198,8 +213,15 @@ def test_grouped_conv_is_refused_naming_the_layer():
         structures.channel_groups(model, x)
     assert "Declare 'conv1', 'conv2' unprunable" in str(info.value)
     # a depthwise conv with a channel multiplier (groups = in_channels < out_channels) is grouped too
-    multiplier = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Conv2d(4, 8, 3, groups=4),
-                               nn.BatchNorm2d(8), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))
+    multiplier = nn.Sequential(
+        nn.Conv2d(1, 4, 3),
+        nn.BatchNorm2d(4),
+        nn.Conv2d(4, 8, 3, groups=4),
+        nn.BatchNorm2d(8),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 3),
+    )
     with pytest.raises(UnsupportedModelError, match=r"'2' \(groups=4, 4 -> 8 channels\)"):
         structures.channel_groups(multiplier.double().eval(), x)
 

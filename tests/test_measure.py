@@ -1,4 +1,5 @@
 """Cost measurement: the two MAC counters agree, modes are restored, latency records what docs/method.md asks."""
+
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -7,10 +8,18 @@ from sosp import models
 from sosp.errors import ConfigError
 from sosp.measure import count_macs, count_macs_fvcore, count_params, measure, measure_latency
 
-LATENCY_KEYS = {"device", "device_name", "torch_version", "dtype", "threads", "batch_size", "warmup", "iters",
-                "median_ms", "iqr_ms"}
-
-
+LATENCY_KEYS = {
+    "device",
+    "device_name",
+    "torch_version",
+    "dtype",
+    "threads",
+    "batch_size",
+    "warmup",
+    "iters",
+    "median_ms",
+    "iqr_ms",
+}
 
 
 @pytest.mark.parametrize("shortcut", ["A", "B"])

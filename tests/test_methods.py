@@ -1,14 +1,15 @@
 """The method registry (``sosp.methods``): every method once, its options declared once and checked by
 the registry (name, declared type, choices) for the library, the command line and the config; the
 generic cost-target search of ``sosp.prune``."""
+
 import re
 import sys
 import types
 
 import pytest
 import torch
-
 import toy_models
+
 from sosp import methods, prune
 from sosp.errors import ConfigError, UnknownNameError
 from sosp.methods import Option
@@ -26,25 +27,27 @@ def test_every_builtin_method_is_registered_once_by_its_own_module():
 
 
 def test_options_resolve_to_the_declared_defaults():
-    assert methods.check_options("sosp_i", {}) == {"estimator": "exact", "mc_samples": 1, "seed": 0,
-                                                   "max_bytes": None}
+    assert methods.check_options("sosp_i", {}) == {"estimator": "exact", "mc_samples": 1, "seed": 0, "max_bytes": None}
     assert methods.check_options("sosp_i", {"estimator": "mc", "max_bytes": 10})["max_bytes"] == 10
     lr = methods.check_options("taylor_iterative", {"lr": 1})["lr"]
     assert lr == 1.0 and isinstance(lr, float)  # an integer is a number
 
 
-@pytest.mark.parametrize("method, options, message", [
-    ("sosp_h", {"bogus": 1}, "method 'sosp_h' has no option 'bogus'; options: combine, curvature"),
-    ("sosp_h", {"combine": "sum"}, "combine must be one of separate, joint, second_order, got 'sum'"),
-    ("sosp_i", {"mc_samples": 2.5}, "mc_samples must be an integer, got 2.5"),
-    ("sosp_i", {"mc_samples": True}, "mc_samples must be an integer, got True"),
-    ("sosp_i", {"estimator": None}, "estimator must be a string, got None"),
-    ("random", {"seed": "3"}, "seed must be an integer, got '3'"),
-    ("taylor_iterative", {"lr": "fast"}, "lr must be a number, got 'fast'"),
-    ("taylor_iterative", {"finetune_fn": 3}, "finetune_fn must be a Python callable or null"),
-    ("eigendamage", {"seed": 1}, "no option 'seed'"),  # a pruner's seed is the run's, not an option
-    ("eigendamage", {"min_fraction": 0.2}, "no option 'min_fraction'"),  # the floor is the selection's
-])
+@pytest.mark.parametrize(
+    "method, options, message",
+    [
+        ("sosp_h", {"bogus": 1}, "method 'sosp_h' has no option 'bogus'; options: combine, curvature"),
+        ("sosp_h", {"combine": "sum"}, "combine must be one of separate, joint, second_order, got 'sum'"),
+        ("sosp_i", {"mc_samples": 2.5}, "mc_samples must be an integer, got 2.5"),
+        ("sosp_i", {"mc_samples": True}, "mc_samples must be an integer, got True"),
+        ("sosp_i", {"estimator": None}, "estimator must be a string, got None"),
+        ("random", {"seed": "3"}, "seed must be an integer, got '3'"),
+        ("taylor_iterative", {"lr": "fast"}, "lr must be a number, got 'fast'"),
+        ("taylor_iterative", {"finetune_fn": 3}, "finetune_fn must be a Python callable or null"),
+        ("eigendamage", {"seed": 1}, "no option 'seed'"),  # a pruner's seed is the run's, not an option
+        ("eigendamage", {"min_fraction": 0.2}, "no option 'min_fraction'"),  # the floor is the selection's
+    ],
+)
 def test_bad_options_are_config_errors_naming_the_option(method, options, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         methods.check_options(method, options)
@@ -57,15 +60,18 @@ def test_unknown_method_names_the_known_ones():
         methods.get("eigendamage", "saliency")  # a whole pruner has no saliencies to score
 
 
-@pytest.mark.parametrize("method, key, text, value", [
-    ("sosp_i", "estimator", "mc", "mc"),
-    ("sosp_i", "estimator", '"mc"', "mc"),  # the workflow passes JSON
-    ("sosp_i", "max_bytes", "1000", 1000),
-    ("sosp_i", "max_bytes", "null", None),
-    ("taylor_iterative", "lr", "1", 1.0),
-    ("taylor_iterative", "per_step", "none", None),
-    ("magnitude", "scope", "global", "global"),
-])
+@pytest.mark.parametrize(
+    "method, key, text, value",
+    [
+        ("sosp_i", "estimator", "mc", "mc"),
+        ("sosp_i", "estimator", '"mc"', "mc"),  # the workflow passes JSON
+        ("sosp_i", "max_bytes", "1000", 1000),
+        ("sosp_i", "max_bytes", "null", None),
+        ("taylor_iterative", "lr", "1", 1.0),
+        ("taylor_iterative", "per_step", "none", None),
+        ("magnitude", "scope", "global", "global"),
+    ],
+)
 def test_command_line_text_is_parsed_by_the_declared_type(method, key, text, value):
     assert methods.get(method).parse([(key, text)]) == {key: value}
 
@@ -113,9 +119,11 @@ def test_option_declarations_are_checked():
 
 
 def test_a_new_method_is_one_decorator_and_runs_through_sosp_prune():
-    @methods.register("_test_scaled_norm", options=(Option("scale", float, 2.0, "factor"),
-                                                    Option("seed", int, 0, "unused")),
-                      cost_normalizable=lambda options: options["scale"] > 0)
+    @methods.register(
+        "_test_scaled_norm",
+        options=(Option("scale", float, 2.0, "factor"), Option("seed", int, 0, "unused")),
+        cost_normalizable=lambda options: options["scale"] > 0,
+    )
     def scaled_norm(model, groups, batches, *, scale, seed):
         """Test method: filter norms times ``scale``."""
         return [scale * torch.arange(g.size, dtype=torch.float64) for g in groups]
@@ -123,8 +131,15 @@ def test_a_new_method_is_one_decorator_and_runs_through_sosp_prune():
     try:
         model = toy_models.make("vgg")
         x = torch.randn(2, 1, 8, 8, dtype=torch.float64)
-        result = prune.run("_test_scaled_norm", model, [(x, torch.zeros(2, dtype=torch.long))], 0.5,
-                           example_input=x[:1], normalize="cost", seed=7)
+        result = prune.run(
+            "_test_scaled_norm",
+            model,
+            [(x, torch.zeros(2, dtype=torch.long))],
+            0.5,
+            example_input=x[:1],
+            normalize="cost",
+            seed=7,
+        )
         report = result.report
         assert report["options"] == {"seed": 7}  # a saliency method's seed option is the run's
         assert report["resolved_options"] == {"scale": 2.0, "seed": 7}

@@ -1,13 +1,21 @@
 """SOSP-H and surgery on common zoo CNNs: gated-with-zeros and physically pruned outputs agree."""
+
 import pytest
 import torch
 import torch.nn as nn
 
-from sosp import measure, models, prune, saliency, structures
+from sosp import models, prune, saliency, structures
 from sosp.errors import UnsupportedModelError
 
-ZOO = ["torchvision:resnet18", "torchvision:resnet50", "torchvision:mobilenet_v2",
-       "torchvision:densenet121", "timm:resnet50", "timm:efficientnet_b0", "timm:convnext_tiny"]
+ZOO = [
+    "torchvision:resnet18",
+    "torchvision:resnet50",
+    "torchvision:mobilenet_v2",
+    "torchvision:densenet121",
+    "timm:resnet50",
+    "timm:efficientnet_b0",
+    "timm:convnext_tiny",
+]
 
 
 @pytest.mark.parametrize("name", ZOO)
@@ -32,7 +40,14 @@ def test_zoo_model_prunes_exactly(name):
 
 
 def test_channel_mixing_layer_is_a_clear_error():
-    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.GroupNorm(2, 8), nn.ReLU(), nn.Conv2d(8, 4, 3),
-                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3),
+        nn.GroupNorm(2, 8),
+        nn.ReLU(),
+        nn.Conv2d(8, 4, 3),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 3),
+    )
     with pytest.raises(UnsupportedModelError, match=r"'1' \(GroupNorm\)"):
         structures.channel_groups(model, torch.randn(1, 3, 8, 8))

@@ -1,4 +1,5 @@
 """Model registry, CIFAR architectures and their width API; reference sizes from docs/method.md section 9."""
+
 import io
 
 import pytest
@@ -10,7 +11,6 @@ from sosp.errors import ConfigError, UnknownNameError
 from sosp.measure import count_macs, count_params
 
 CIFAR = torch.zeros(1, 3, 32, 32)
-
 
 
 # (name, options, params, MACs in millions rounded to 2 decimals) -- docs/method.md section 9
@@ -28,24 +28,27 @@ CIFAR_REFERENCE = [
 ]
 
 
-@pytest.mark.parametrize("name, options, params, mmacs", CIFAR_REFERENCE,
-                         ids=[f"{n}{o.get('shortcut', '')}" for n, o, *_ in CIFAR_REFERENCE])
+@pytest.mark.parametrize(
+    "name, options, params, mmacs", CIFAR_REFERENCE, ids=[f"{n}{o.get('shortcut', '')}" for n, o, *_ in CIFAR_REFERENCE]
+)
 def test_cifar_reference_sizes(name, options, params, mmacs):
     model = models.create(name, num_classes=10, **options)
     assert count_params(model) == params
     assert round(count_macs(model, CIFAR) / 1e6, 2) == mmacs
 
 
-@pytest.mark.parametrize("name, params, gmacs", [("torchvision:resnet18", 11_689_512, 1.814),
-                                                 ("torchvision:resnet50", 25_557_032, 4.089)])
+@pytest.mark.parametrize(
+    "name, params, gmacs", [("torchvision:resnet18", 11_689_512, 1.814), ("torchvision:resnet50", 25_557_032, 4.089)]
+)
 def test_torchvision_reference_sizes(name, params, gmacs):
     model = models.create(name, num_classes=1000)
     assert count_params(model) == params
     assert round(count_macs(model, torch.zeros(1, 3, 224, 224)) / 1e9, 3) == gmacs
 
 
-@pytest.mark.parametrize("name, options", [("resnet20", {"shortcut": "A"}), ("resnet20", {"shortcut": "B"}),
-                                           ("vgg11", {}), ("vgg16", {})])
+@pytest.mark.parametrize(
+    "name, options", [("resnet20", {"shortcut": "A"}), ("resnet20", {"shortcut": "B"}), ("vgg11", {}), ("vgg16", {})]
+)
 def test_runs_on_digits_shape(name, options):
     # The embedded digits data set is 1x8x8: VGG's pooling must survive 1-pixel maps.
     model = models.create(name, num_classes=10, in_channels=1, **options)
@@ -147,8 +150,9 @@ def test_vgg_widths():
     _check_width_keys(wide)
 
 
-@pytest.mark.parametrize("name, options", [("resnet20", {"shortcut": "A"}), ("resnet20", {"shortcut": "B"}),
-                                           ("vgg11", {})])
+@pytest.mark.parametrize(
+    "name, options", [("resnet20", {"shortcut": "A"}), ("resnet20", {"shortcut": "B"}), ("vgg11", {})]
+)
 def test_model_pickles(name, options):
     model = models.create(name, num_classes=10, **options).eval()
     buffer = io.BytesIO()

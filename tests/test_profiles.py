@@ -1,15 +1,15 @@
 """Execution profiles: local (default), the SLURM executor plugin and the generic cluster executor plugin
 each pass a dry run of the default and a paper-scale tier, with the jobs' resources as the cluster sees
 them. The executor plugins come with the project's install step (pyproject extra `slurm`)."""
+
 from __future__ import annotations
 
 import importlib.util
 import re
-import tomllib
 
 import pytest
+import tomllib
 import yaml
-
 from test_workflow import REPO, copy_workflow, expected_jobs, job_counts, merged_config, snakemake
 
 PROFILES = sorted(p.name for p in (REPO / "workflow" / "profiles").iterdir() if (p / "config.yaml").exists())
@@ -39,8 +39,9 @@ def _resources(output: str, rule: str) -> dict[str, str]:
 @pytest.mark.parametrize("tier", ["config.yaml", "cifar10.yaml"])
 def test_profile_dry_run(profile, tier, tmp_path):
     copy_workflow(tmp_path)
-    proc = snakemake(tmp_path, "--dry-run", "--profile", f"workflow/profiles/{profile}", "--configfile",
-                     f"config/{tier}")
+    proc = snakemake(
+        tmp_path, "--dry-run", "--profile", f"workflow/profiles/{profile}", "--configfile", f"config/{tier}"
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert job_counts(proc.stdout) == expected_jobs(merged_config(tier))
     train, measure = _resources(proc.stdout, "train"), _resources(proc.stdout, "measure")

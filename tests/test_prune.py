@@ -1,8 +1,9 @@
 """Selection, targets and surgery: the pruned model computes what the gated model computes."""
+
 import pytest
 import torch
-
 import toy_models
+
 from sosp import measure, models, prune, structures
 from sosp.errors import ConfigError
 
@@ -32,8 +33,9 @@ def test_toy_models_gated_equals_pruned_exactly(kind):
     assert measure.count_params(result.model) < measure.count_params(model)
 
 
-@pytest.mark.parametrize("name, options", [("resnet20", {"shortcut": "A"}), ("resnet20", {"shortcut": "B"}),
-                                           ("vgg11", {})])
+@pytest.mark.parametrize(
+    "name, options", [("resnet20", {"shortcut": "A"}), ("resnet20", {"shortcut": "B"}), ("vgg11", {})]
+)
 def test_cifar_models_gated_equals_pruned(name, options):
     torch.manual_seed(0)
     model = models.create(name, num_classes=10, in_channels=1, **options)
@@ -88,7 +90,7 @@ def test_cost_targets_reach_the_requested_fraction_within_one_structure(target):
     # one structure fewer would miss the target: the search found the smallest k
     order = prune.removal_order(groups, scores)
     k = result.report["num_removed"]
-    fewer = prune.remove_channels(model, groups, prune.as_removed(groups, order[:k - 1]), x)
+    fewer = prune.remove_channels(model, groups, prune.as_removed(groups, order[: k - 1]), x)
     assert count(fewer) > 0.6 * base
 
 

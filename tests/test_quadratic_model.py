@@ -6,6 +6,7 @@ perfectly, and clearly better than the first-order term alone. Measured when wri
 (second order) vs 0.603 (first order) for single structures with 512 samples (seeds 1-3 of
 the fixture gave 0.900, 0.979, 0.991), 0.928 for random sets of five.
 """
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -22,7 +23,7 @@ def quadratic_setup(digits_resnet20):
     model, bundle = digits_resnet20
     x, y = bundle.train.x[:512], bundle.train.y[:512]
     groups = structures.channel_groups(model, x[:1])
-    batches = [(x[i:i + 128], y[i:i + 128]) for i in range(0, len(x), 128)]
+    batches = [(x[i : i + 128], y[i : i + 128]) for i in range(0, len(x), 128)]
     terms = sosp_i_terms(model, groups, batches)
     return model, groups, x, y, terms
 

@@ -1,5 +1,6 @@
 """Records and their aggregation: mean/std over seeds, reductions paired with the base model, and the
 outputs (runs.csv, Markdown, LaTeX, figures) built from records alone."""
+
 from __future__ import annotations
 
 import json
@@ -14,8 +15,20 @@ from sosp.errors import DataError
 
 def _rec(stage, seed, top1, params, macs, method="none", ratio=0.0, **kw):
     target = "structures" if method != "none" else "none"
-    return results.make_record(stage, tier="t", dataset="digits", arch="resnet20", seed=seed, method=method,
-                               ratio=ratio, target=target, top1=top1, params=params, macs=macs, **kw)
+    return results.make_record(
+        stage,
+        tier="t",
+        dataset="digits",
+        arch="resnet20",
+        seed=seed,
+        method=method,
+        ratio=ratio,
+        target=target,
+        top1=top1,
+        params=params,
+        macs=macs,
+        **kw,
+    )
 
 
 @pytest.fixture
@@ -57,8 +70,7 @@ def _md_rows(markdown: str, first_cell: str) -> list[dict]:
 
 def _is_placeholder(fig) -> bool:
     """The figure drawn without data: one panel, no axes, a single 'no ...' message."""
-    return (len(fig.axes) == 1 and not fig.axes[0].axison
-            and [t.get_text()[:3] for t in fig.axes[0].texts] == ["no "])
+    return len(fig.axes) == 1 and not fig.axes[0].axison and [t.get_text()[:3] for t in fig.axes[0].texts] == ["no "]
 
 
 def test_summary_mean_std_over_seeds(records):
@@ -99,7 +111,7 @@ def test_collect_round_trip(records, tmp_path):
         (tmp_path / "records" / f"{i}.json").write_text(json.dumps({**rec, "details": {"x": [1]}}))
     df = results.collect([tmp_path / "records"])
     assert len(df) == len(records) and "details" not in df.columns
-    assert list(df.columns[:len(results.COLUMNS)]) == list(results.COLUMNS)
+    assert list(df.columns[: len(results.COLUMNS)]) == list(results.COLUMNS)
     assert list(df["stage"][:2]) == ["base", "base"]  # method "none" sorts first
     results.write_runs_csv(df, tmp_path / "runs.csv")
     back = pd.read_csv(tmp_path / "runs.csv")
@@ -112,8 +124,18 @@ def test_collect_round_trip(records, tmp_path):
 
 
 def test_make_record_fields():
-    rec = results.make_record("pruned", tier="t", dataset="d", arch="a", seed=3, method="m", ratio=0.3,
-                              target="structures", top1=0.5, latency_cpu_b256_ms=1.0)
+    rec = results.make_record(
+        "pruned",
+        tier="t",
+        dataset="d",
+        arch="a",
+        seed=3,
+        method="m",
+        ratio=0.3,
+        target="structures",
+        top1=0.5,
+        latency_cpu_b256_ms=1.0,
+    )
     assert set(results.COLUMNS) <= set(rec) and rec["method_options"] == "{}"
     assert rec["macs"] is None and rec["latency_cpu_b256_ms"] == 1.0 and rec["schema_version"] == results.SCHEMA_VERSION
     with pytest.raises(ValueError, match="unknown record field"):
@@ -123,10 +145,25 @@ def test_make_record_fields():
 
 
 def test_measurement_fields():
-    m = {"params": 10, "macs": 20, "flops": 40, "macs_fvcore": 20, "latency": [
-        {"device": "cpu", "device_name": "x86_64", "batch_size": 1, "median_ms": 1.5, "iqr_ms": 0.1,
-         "dtype": "float32", "threads": 1, "torch_version": "2.x"},
-        {"device": "cuda:0", "device_name": "H100", "batch_size": 256, "median_ms": 3.0, "iqr_ms": 0.2}]}
+    m = {
+        "params": 10,
+        "macs": 20,
+        "flops": 40,
+        "macs_fvcore": 20,
+        "latency": [
+            {
+                "device": "cpu",
+                "device_name": "x86_64",
+                "batch_size": 1,
+                "median_ms": 1.5,
+                "iqr_ms": 0.1,
+                "dtype": "float32",
+                "threads": 1,
+                "torch_version": "2.x",
+            },
+            {"device": "cuda:0", "device_name": "H100", "batch_size": 256, "median_ms": 3.0, "iqr_ms": 0.2},
+        ],
+    }
     f = results.measurement_fields(m)
     assert f["latency_cpu_b1_ms"] == 1.5 and f["latency_cpu_b1_iqr_ms"] == 0.1
     assert f["latency_cuda_b256_ms"] == 3.0 and f["device_name"] == "x86_64" and f["threads"] == 1
@@ -167,10 +204,22 @@ def study(records):
     for r in out:
         if r["stage"] == "pruned":
             r.update(saliency_seconds=0.2, prune_seconds=0.4, latency_cpu_b1_ms=1.0, latency_cpu_b1_iqr_ms=0.1)
-    analysis = {"tier": "t", "dataset": "digits", "arch": "resnet20", "method": "sosp_h", "ratio": 0.5,
-                "by_ratio": {"0.5": {"seeds": [0, 1], "layers": {"stage1": [0.1, 0.2], "layer1.0": [0.6, 0.7]},
-                                     "blocks": {"layer1": [0.3, 0.4]}}},
-                "bottlenecks": ["stage1"], "bottleneck_blocks": ["layer1"]}
+    analysis = {
+        "tier": "t",
+        "dataset": "digits",
+        "arch": "resnet20",
+        "method": "sosp_h",
+        "ratio": 0.5,
+        "by_ratio": {
+            "0.5": {
+                "seeds": [0, 1],
+                "layers": {"stage1": [0.1, 0.2], "layer1.0": [0.6, 0.7]},
+                "blocks": {"layer1": [0.3, 0.4]},
+            }
+        },
+        "bottlenecks": ["stage1"],
+        "bottleneck_blocks": ["layer1"],
+    }
     return out + more, [analysis]
 
 

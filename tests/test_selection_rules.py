@@ -1,12 +1,13 @@
 """Selection rules that keep the comparison fair: the per-group floor, where `normalize: cost` applies,
 the authors' floors of EigenDamage and C-OBD, and records that state what was applied."""
+
 import json
 import math
 
 import pytest
 import torch
-
 import toy_models
+
 from sosp import models, prune, results, structures
 from sosp.errors import ConfigError, UnsupportedModelError
 
@@ -20,8 +21,7 @@ def _vgg():
 
 def _batches(n=2, size=16, seed=0):
     gen = torch.Generator().manual_seed(seed)
-    return [(torch.randn(size, 1, 8, 8, generator=gen), torch.randint(0, 10, (size,), generator=gen))
-            for _ in range(n)]
+    return [(torch.randn(size, 1, 8, 8, generator=gen), torch.randint(0, 10, (size,), generator=gen)) for _ in range(n)]
 
 
 def _collapsing_scores(groups):
@@ -31,8 +31,10 @@ def _collapsing_scores(groups):
     return scores
 
 
-@pytest.mark.parametrize("size, min_channels, min_fraction, floor", [
-    (256, 1, 0.0, 1), (256, 1, 0.05, 13), (256, 20, 0.05, 20), (10, 1, 0.2, 2), (3, 8, 0.0, 3), (64, 1, 0.25, 16)])
+@pytest.mark.parametrize(
+    "size, min_channels, min_fraction, floor",
+    [(256, 1, 0.0, 1), (256, 1, 0.05, 13), (256, 20, 0.05, 20), (10, 1, 0.2, 2), (3, 8, 0.0, 3), (64, 1, 0.25, 16)],
+)
 def test_group_floor(size, min_channels, min_fraction, floor):
     assert prune.group_floor(size, min_channels, min_fraction) == floor
 
@@ -65,18 +67,37 @@ def test_floor_makes_high_ratio_impossible_with_a_clear_error():
         prune.prune(model, groups, _collapsing_scores(groups), ratio=0.3, example_input=x, min_fraction=1.0)
 
 
-@pytest.mark.parametrize("method, options, normalize", [
-    ("random", {}, "none"), ("magnitude", {}, "none"), ("magnitude", {"scope": "layerwise"}, "none"),
-    ("magnitude", {"scope": "global"}, "cost"), ("sosp_h", {}, "cost"), ("sosp_i", {}, "cost"),
-    ("taylor", {}, "cost"), ("cobd", {}, "cost"), ("eigendamage", {}, "none"), ("taylor_iterative", {}, "none")])
+@pytest.mark.parametrize(
+    "method, options, normalize",
+    [
+        ("random", {}, "none"),
+        ("magnitude", {}, "none"),
+        ("magnitude", {"scope": "layerwise"}, "none"),
+        ("magnitude", {"scope": "global"}, "cost"),
+        ("sosp_h", {}, "cost"),
+        ("sosp_i", {}, "cost"),
+        ("taylor", {}, "cost"),
+        ("cobd", {}, "cost"),
+        ("eigendamage", {}, "none"),
+        ("taylor_iterative", {}, "none"),
+    ],
+)
 def test_cost_normalisation_applies_only_to_global_saliencies(method, options, normalize):
     assert prune.effective_selection(method, options, normalize="cost")["normalize"] == normalize
     assert prune.effective_selection(method, options, normalize="none")["normalize"] == "none"
 
 
-@pytest.mark.parametrize("method, configured, applied", [
-    ("cobd", 0.0, 0.05), ("eigendamage", 0.0, 0.05), ("cobd", 0.1, 0.1), ("sosp_h", 0.0, 0.0),
-    ("taylor", 0.1, 0.1), ("random", 0.0, 0.0)])
+@pytest.mark.parametrize(
+    "method, configured, applied",
+    [
+        ("cobd", 0.0, 0.05),
+        ("eigendamage", 0.0, 0.05),
+        ("cobd", 0.1, 0.1),
+        ("sosp_h", 0.0, 0.0),
+        ("taylor", 0.1, 0.1),
+        ("random", 0.0, 0.0),
+    ],
+)
 def test_authors_floor_of_eigendamage_and_cobd(method, configured, applied):
     assert prune.effective_selection(method, {}, min_fraction=configured)["min_fraction"] == applied
 
@@ -84,8 +105,9 @@ def test_authors_floor_of_eigendamage_and_cobd(method, configured, applied):
 def test_random_with_cost_normalisation_is_unchanged_and_recorded_as_none():
     model = _vgg()
     x = torch.randn(1, 1, 8, 8)
-    plain, costed = (prune.run("random", model, _batches(), 0.5, example_input=x, normalize=n, seed=3)
-                     for n in ("none", "cost"))
+    plain, costed = (
+        prune.run("random", model, _batches(), 0.5, example_input=x, normalize=n, seed=3) for n in ("none", "cost")
+    )
     assert plain.removed == costed.removed
     assert costed.report["normalize"] == "none"
 
@@ -93,8 +115,10 @@ def test_random_with_cost_normalisation_is_unchanged_and_recorded_as_none():
 def test_cost_normalisation_changes_a_saliency_ranking_and_is_recorded():
     model = _vgg()
     x = torch.randn(1, 1, 8, 8)
-    plain, costed = (prune.run("magnitude", model, _batches(), 0.5, example_input=x, normalize=n, scope="global")
-                     for n in ("none", "cost"))
+    plain, costed = (
+        prune.run("magnitude", model, _batches(), 0.5, example_input=x, normalize=n, scope="global")
+        for n in ("none", "cost")
+    )
     assert plain.removed != costed.removed
     assert costed.report["normalize"] == "cost"
 
@@ -121,11 +145,18 @@ def test_eigendamage_floor_binds_at_a_high_ratio():
     model = _vgg()
     x = torch.randn(1, 1, 8, 8)
     report = prune.run("eigendamage", model, _batches(), 0.9, example_input=x).report
-    binding = [(r["layer"], s) for r in report["per_layer"] for s in ("in", "out")
-               if r[f"directions_{s}"] > 20 and r[f"kept_{s}"] == math.ceil(0.05 * r[f"directions_{s}"])]
+    binding = [
+        (r["layer"], s)
+        for r in report["per_layer"]
+        for s in ("in", "out")
+        if r[f"directions_{s}"] > 20 and r[f"kept_{s}"] == math.ceil(0.05 * r[f"directions_{s}"])
+    ]
     assert binding
-    assert report["min_kept_fraction"] >= min(max(1, math.ceil(0.05 * r[f"directions_{s}"])) / r[f"directions_{s}"]
-                                              for r in report["per_layer"] for s in ("in", "out"))
+    assert report["min_kept_fraction"] >= min(
+        max(1, math.ceil(0.05 * r[f"directions_{s}"])) / r[f"directions_{s}"]
+        for r in report["per_layer"]
+        for s in ("in", "out")
+    )
 
 
 def test_cobd_applies_the_authors_floor():

@@ -1,4 +1,5 @@
 """Training loop, determinism, resume and evaluation (sosp.train)."""
+
 import math
 
 import pytest
@@ -30,8 +31,14 @@ class Tiny(nn.Module):
 
     def __init__(self, out_value=None):
         super().__init__()
-        self.features = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
-                                      nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Dropout(0.2))
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 8, 3, padding=1, bias=False),
+            nn.BatchNorm2d(8),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(2),
+            nn.Flatten(),
+            nn.Dropout(0.2),
+        )
         self.fc = nn.Linear(32, 10)
         self.out_value = out_value
 
@@ -96,8 +103,7 @@ def test_resume_after_interrupt_is_bit_identical(small, tmp_path):
 
 
 def test_resume_refuses_another_config(small, tmp_path):
-    train(tiny(), small, TrainConfig(epochs=1, batch_size=32, lr=0.05), seed=0, checkpoint_dir=tmp_path,
-          progress=False)
+    train(tiny(), small, TrainConfig(epochs=1, batch_size=32, lr=0.05), seed=0, checkpoint_dir=tmp_path, progress=False)
     with pytest.raises(ConfigError, match="last.pt"):
         train(tiny(), small, CFG, seed=0, checkpoint_dir=tmp_path, progress=False)
 

@@ -1,4 +1,5 @@
 """The shared helpers: train/eval mode for a block, the positive-integer check, progress bars."""
+
 import argparse
 import io
 import sys
@@ -44,12 +45,15 @@ class _Terminal(io.StringIO):
         return True
 
 
-@pytest.mark.parametrize("stream, enabled, switched_on, shown", [
-    (io.StringIO, True, True, False),  # a log file or pipe: nothing
-    (_Terminal, True, True, True),
-    (_Terminal, False, True, False),
-    (_Terminal, True, False, False),  # the CLI's --quiet
-])
+@pytest.mark.parametrize(
+    "stream, enabled, switched_on, shown",
+    [
+        (io.StringIO, True, True, False),  # a log file or pipe: nothing
+        (_Terminal, True, True, True),
+        (_Terminal, False, True, False),
+        (_Terminal, True, False, False),  # the CLI's --quiet
+    ],
+)
 def test_progress_shows_on_a_terminal_only(monkeypatch, stream, enabled, switched_on, shown):
     err = stream()
     monkeypatch.setattr(sys, "stderr", err)

@@ -2,6 +2,7 @@
 default tier runs end to end on a tiny setting (2 methods and the bottleneck study, 1 epoch) in a
 temporary copy, and a second call has nothing to do; the report; an interrupted training job leaves no
 output and resumes from its checkpoint; tables and figures are rebuilt from committed records alone."""
+
 from __future__ import annotations
 
 import copy
@@ -27,8 +28,14 @@ TINY = {
     "seeds": [0],
     "train": {"epochs": 1, "batch_size": 128, "lr": 0.1},
     "finetune": {"epochs": 1, "batch_size": 128, "lr": 0.01},
-    "prune": {"methods": ["sosp_h", "magnitude"], "ratios": [0.5], "target": ["structures", "macs"],
-              "min_fraction": 0.05, "samples": 128, "score_batch_size": 64},
+    "prune": {
+        "methods": ["sosp_h", "magnitude"],
+        "ratios": [0.5],
+        "target": ["structures", "macs"],
+        "min_fraction": 0.05,
+        "samples": 128,
+        "score_batch_size": 64,
+    },
     "measure": {"latency_batches": [1, 4]},
     "bottleneck": {"enabled": True, "archs": ["resnet20"], "ratio": 0.5, "methods": ["sosp_h"]},
     "report": {"figures": ["tradeoff_macs", "layer_ratios", "bottleneck_params"]},
@@ -45,18 +52,25 @@ def copy_workflow(dest: Path, results: bool = False) -> None:
 
 def snakemake(workdir: Path, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    return subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=workdir, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "snakemake", *args],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def job_counts(output: str) -> dict[str, int]:
     """The dry run's `Job stats` table: rule -> number of jobs (and `total`)."""
-    table = output[output.rindex("Job stats:"):]
+    table = output[output.rindex("Job stats:") :]
     return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)}
 
 
 def merged_config(tier: str) -> dict:
     """The config of a tier as Snakemake sees it: the tier file over config/config.yaml, mappings merged."""
+
     def merge(base, overlay):
         out = copy.deepcopy(base)
         for k, v in overlay.items():
@@ -83,9 +97,19 @@ def expected_jobs(config: dict) -> dict[str, int]:
     widened = 2 * b_archs
     prune = seeds * (archs * methods * targets + widened * b_methods)
     figures = config.get("report", {}).get("figures", [])
-    counts = {"data": 1, "train": seeds * (archs + widened), "prune": prune, "finetune": prune * ratios,
-              "measure": seeds * archs, "measure_widened": seeds * widened, "bottleneck": b_archs,
-              "runs": 1, "tables": 1, "all": 1, **{f"figure_{f}": 1 for f in figures}}
+    counts = {
+        "data": 1,
+        "train": seeds * (archs + widened),
+        "prune": prune,
+        "finetune": prune * ratios,
+        "measure": seeds * archs,
+        "measure_widened": seeds * widened,
+        "bottleneck": b_archs,
+        "runs": 1,
+        "tables": 1,
+        "all": 1,
+        **{f"figure_{f}": 1 for f in figures},
+    }
     counts = {k: v for k, v in counts.items() if v}
     counts["total"] = sum(counts.values())
     return counts
@@ -132,8 +156,18 @@ def test_default_workflow_end_to_end(tmp_path):
     shrunk = pruned[pruned["variant"] == "original"]
     assert (shrunk["macs"] < base["macs"]).all() and (shrunk["params"] < base["params"]).all()
     assert (runs["macs"] == runs["macs_fvcore"]).all()
-    measured = ["params", "macs", "top1", "top5", "loss", "latency_cpu_b1_ms", "latency_cpu_b4_ms",
-                "latency_cpu_b1_iqr_ms", "device_name", "threads"]
+    measured = [
+        "params",
+        "macs",
+        "top1",
+        "top5",
+        "loss",
+        "latency_cpu_b1_ms",
+        "latency_cpu_b4_ms",
+        "latency_cpu_b1_iqr_ms",
+        "device_name",
+        "threads",
+    ]
     assert runs[measured].notna().all().all()
     assert runs["top1"].between(0, 1).all()
     assert pruned[["saliency_seconds", "prune_seconds"]].notna().all().all()
@@ -171,14 +205,23 @@ def test_interrupted_training_leaves_no_output_and_resumes(tmp_path):
     """Kill the workflow during training: the job's outputs are gone, its checkpoint stays; the rerun
     resumes from it and finishes."""
     copy_workflow(tmp_path)
-    config = {**TINY, "tier": "cut", "train": {"epochs": 30, "batch_size": 64, "lr": 0.1},
-              "bottleneck": {"enabled": False}}
+    config = {
+        **TINY,
+        "tier": "cut",
+        "train": {"epochs": 30, "batch_size": 64, "lr": 0.1},
+        "bottleneck": {"enabled": False},
+    }
     (tmp_path / "cut.yaml").write_text(yaml.safe_dump(config))
     target = "work/cut/models/resnet20/s0/base.pt"
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    proc = subprocess.Popen([sys.executable, "-m", "snakemake", target, "--cores", "1", "--configfile", "cut.yaml"],
-                            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "snakemake", target, "--cores", "1", "--configfile", "cut.yaml"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     checkpoints = tmp_path / "work" / "cut" / "checkpoints" / "resnet20" / "s0" / "base"
     deadline = time.time() + 120
     while not list(checkpoints.rglob("last.pt")) and time.time() < deadline and proc.poll() is None:

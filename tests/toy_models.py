@@ -1,4 +1,5 @@
 """Tiny networks for oracle tests: a ResNet with a residual group and a projection, and a VGG."""
+
 import torch
 import torch.nn as nn
 
@@ -36,10 +37,16 @@ class TinyVGG(nn.Module):
     def __init__(self, in_channels=1, num_classes=5):
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(in_channels, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4), nn.ReLU(),
+            nn.Conv2d(in_channels, 4, 3, padding=1, bias=False),
+            nn.BatchNorm2d(4),
+            nn.ReLU(),
             nn.MaxPool2d(2),
-            nn.Conv2d(4, 5, 3, padding=1, bias=False), nn.BatchNorm2d(5), nn.ReLU(),
-            nn.Conv2d(5, 3, 3, padding=1), nn.ReLU())  # a producer without BatchNorm, with bias
+            nn.Conv2d(4, 5, 3, padding=1, bias=False),
+            nn.BatchNorm2d(5),
+            nn.ReLU(),
+            nn.Conv2d(5, 3, 3, padding=1),
+            nn.ReLU(),
+        )  # a producer without BatchNorm, with bias
         self.classifier = nn.Linear(3, num_classes)
 
     def forward(self, x):
@@ -81,8 +88,16 @@ class TinyDenseNet(nn.Module):
         self.layers = nn.ModuleList()
         width = stem
         for _ in range(layers):
-            self.layers.append(nn.Sequential(nn.BatchNorm2d(width), nn.ReLU(), nn.Conv2d(width, 4, 1, bias=False),
-                                             nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, growth, 3, 1, 1)))
+            self.layers.append(
+                nn.Sequential(
+                    nn.BatchNorm2d(width),
+                    nn.ReLU(),
+                    nn.Conv2d(width, 4, 1, bias=False),
+                    nn.BatchNorm2d(4),
+                    nn.ReLU(),
+                    nn.Conv2d(4, growth, 3, 1, 1),
+                )
+            )
             width += growth
         self.transition = nn.Sequential(nn.BatchNorm2d(width), nn.ReLU(), nn.Conv2d(width, 5, 1), nn.AvgPool2d(2))
         self.norm5 = nn.BatchNorm2d(5)
@@ -182,8 +197,14 @@ class TinyOffset(nn.Module):
         return self.fc(torch.relu(self.offset(self.bn1(self.conv1(x)))).mean((2, 3)))
 
 
-MORE_TOYS = {"resnet": TinyResNet, "vgg": TinyVGG, "dense": TinyDenseNet, "mobile": TinyMobileNet,
-             "grouped": TinyGroupedConv, "offset": TinyOffset}
+MORE_TOYS = {
+    "resnet": TinyResNet,
+    "vgg": TinyVGG,
+    "dense": TinyDenseNet,
+    "mobile": TinyMobileNet,
+    "grouped": TinyGroupedConv,
+    "offset": TinyOffset,
+}
 
 
 def make_more(kind, dtype=torch.float64, seed=0):

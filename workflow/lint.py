@@ -2,6 +2,7 @@
 
 Run from the repository root (`make lint` does): python workflow/lint.py
 """
+
 from __future__ import annotations
 
 import re
@@ -13,13 +14,16 @@ JUSTIFIED = {
     "Specify a conda environment or container for each rule.": (
         "every rule runs the `sosp` of the Python environment that runs Snakemake itself (one package, "
         "installed by `make install` or environment.yml); a per-rule environment would install the "
-        "same package once per rule"),
+        "same package once per rule"
+    ),
     "Shell command directly uses variable SOSP from outside of the rule": (
         "SOSP is the path of that environment's `sosp`; as a param it would count as a changed "
-        "parameter whenever the checkout moves, and rerun every job"),
+        "parameter whenever the checkout moves, and rerun every job"
+    ),
     "No log directive defined": (
         "only rule `figures`, run by hand to rebuild tables and figures from results/: it prints to "
-        "the terminal on purpose"),
+        "the terminal on purpose"
+    ),
 }
 
 _HEADER = re.compile(r"^Lints for (.+):$")
@@ -38,8 +42,9 @@ def findings(text: str) -> list[tuple[str, str]]:
 
 
 def main() -> int:
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "--lint", "--cores", "1"],
-                          capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--lint", "--cores", "1"], capture_output=True, text=True, check=False
+    )
     found = findings(proc.stdout + proc.stderr)
     if proc.returncode not in (0, 1) or (proc.returncode == 1 and not found):
         sys.stderr.write(proc.stdout + proc.stderr)

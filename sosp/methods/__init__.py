@@ -15,17 +15,18 @@ given options (unknown name, declared type, choices), fills in the defaults and 
 the command line (``sosp prune --help``, ``--option key=value``), the workflow's config check and the
 records read the declarations from here. Importing this package imports every built-in method.
 """
+
 from __future__ import annotations
 
 import importlib
 import inspect
 import json
 import textwrap
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable as _TypingCallable
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Protocol, Sequence
-from typing import Callable as _TypingCallable
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import ConfigError, UnknownNameError
 
@@ -46,20 +47,41 @@ BUILTIN_MODULES = ("sosp_h", "sosp_i", "random", "magnitude", "taylor", "cobd", 
 class SaliencyFn(Protocol):
     """A channel-saliency method: one 1-D tensor per group, higher = more important."""
 
-    def __call__(self, model: nn.Module, groups: Sequence[ChannelGroup],
-                 batches: Iterable[tuple[torch.Tensor, torch.Tensor]], **options: Any) -> list[torch.Tensor]: ...
+    def __call__(
+        self,
+        model: nn.Module,
+        groups: Sequence[ChannelGroup],
+        batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+        **options: Any,
+    ) -> list[torch.Tensor]: ...
 
 
 class PrunerFn(Protocol):
     """A whole pruning method: its own selection and surgery, to ``ratio`` of ``target``."""
 
-    def __call__(self, model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], ratio: float, *,
-                 example_input: torch.Tensor, target: str, num_samples: int | None, seed: int,
-                 min_channels: int, min_fraction: float, **options: Any) -> PruneResult: ...
+    def __call__(
+        self,
+        model: nn.Module,
+        batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+        ratio: float,
+        *,
+        example_input: torch.Tensor,
+        target: str,
+        num_samples: int | None,
+        seed: int,
+        min_channels: int,
+        min_fraction: float,
+        **options: Any,
+    ) -> PruneResult: ...
 
 
-_TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
-               Callable: "a Python callable"}
+_TYPE_NAMES = {
+    bool: "true or false",
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+    Callable: "a Python callable",
+}
 
 
 @dataclass(frozen=True)
@@ -152,8 +174,9 @@ class Method:
         for option in self.options:
             if option.name == name:
                 return option
-        raise ConfigError(f"method {self.name!r} has no option {name!r}; options: "
-                          f"{', '.join(o.name for o in self.options) or 'none'}")
+        raise ConfigError(
+            f"method {self.name!r} has no option {name!r}; options: {', '.join(o.name for o in self.options) or 'none'}"
+        )
 
     def resolve(self, given: Mapping[str, Any]) -> dict[str, Any]:
         """Every option: the ``given`` ones checked (:meth:`Option.check`), the others at their default."""
@@ -170,8 +193,14 @@ _REGISTRY: dict[str, Method] = {}
 METHODS: Mapping[str, Method] = MappingProxyType(_REGISTRY)
 
 
-def register(name: str, kind: str = "saliency", *, options: Sequence[Option] = (),
-             cost_normalizable: bool | Callable[[dict], bool] | None = None, min_fraction: float = 0.0):
+def register(
+    name: str,
+    kind: str = "saliency",
+    *,
+    options: Sequence[Option] = (),
+    cost_normalizable: bool | Callable[[dict], bool] | None = None,
+    min_fraction: float = 0.0,
+):
     """Decorator: add ``fn`` to :data:`METHODS` under ``name``, with its options and
     :class:`SelectionPolicy` (by default a saliency's scores may be divided by cost, a pruner's not).
 
@@ -190,6 +219,7 @@ def register(name: str, kind: str = "saliency", *, options: Sequence[Option] = (
             raise ValueError(f"method {name!r} is registered twice: {known.fn.__module__} and {fn.__module__}")
         _REGISTRY[name] = Method(name, kind, fn, options, SelectionPolicy(cost_normalizable, min_fraction))
         return fn
+
     return decorate
 
 
@@ -232,6 +262,7 @@ def check_options(name: str, options: Mapping[str, Any]) -> dict[str, Any]:
 
 def describe(width: int = 100) -> str:
     """Every method, what it is and its options, as text (the end of ``sosp prune --help``)."""
+
     def wrap(text: str, indent: str) -> list[str]:
         return textwrap.wrap(text.replace("``", ""), width, initial_indent=indent, subsequent_indent=indent + "  ")
 
@@ -244,8 +275,9 @@ def describe(width: int = 100) -> str:
                 lines += wrap(f"{o.name} (Python API only): {o.help}", "      ")
             else:
                 value = "|".join(o.choices) if o.choices else o.type_name.upper()
-                lines += wrap(f"{o.name}={value} (default {'none' if o.default is None else o.default}): {o.help}",
-                              "      ")
+                lines += wrap(
+                    f"{o.name}={value} (default {'none' if o.default is None else o.default}): {o.help}", "      "
+                )
     return "\n".join(lines)
 
 

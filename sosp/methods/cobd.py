@@ -10,9 +10,10 @@ at one layer's per-sample gradients (chunked) instead of the whole model's. Thei
 number of batches instead of samples: a common scale, irrelevant for the ranking. Every group keeps
 at least 5 % of its channels (:data:`~sosp.methods.fisher.AUTHORS_MIN_FRACTION`), as their code.
 """
+
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 import torch.nn as nn
@@ -48,8 +49,9 @@ def weight_rows(module: nn.Module) -> torch.Tensor:
     return torch.cat([w, module.bias.detach().unsqueeze(-1)], dim=-1) if module.bias is not None else w
 
 
-def fisher_diagonal(model: nn.Module, batches: Iterable, layers: dict[str, nn.Module],
-                    seed: int = 0) -> dict[str, torch.Tensor]:
+def fisher_diagonal(
+    model: nn.Module, batches: Iterable, layers: dict[str, nn.Module], seed: int = 0
+) -> dict[str, torch.Tensor]:
     """``E_n[(dl_n/dW_ij)^2]`` (sampled labels) per layer, shaped as :func:`weight_rows`, float64."""
     sums: dict[str, torch.Tensor] = {}
 
@@ -57,15 +59,18 @@ def fisher_diagonal(model: nn.Module, batches: Iterable, layers: dict[str, nn.Mo
         per_sample_elements = weight_rows(module).numel()
         step = max(1, CHUNK_ELEMENTS // per_sample_elements)
         for i in range(0, len(x), step):
-            sq = per_sample_weight_grads(module, x[i:i + step], grad[i:i + step]).pow(2).sum(0).double()
+            sq = per_sample_weight_grads(module, x[i : i + step], grad[i : i + step]).pow(2).sum(0).double()
             sums[name] = sums[name] + sq if name in sums else sq
 
     n = sampled_fisher_passes(model, batches, layers, on_layer, seed)
     return {name: s / n for name, s in sums.items()}
 
 
-@register("cobd", min_fraction=AUTHORS_MIN_FRACTION,
-          options=(Option("seed", int, 0, "seed of the sampled labels (sosp prune: the run's seed)"),))
+@register(
+    "cobd",
+    min_fraction=AUTHORS_MIN_FRACTION,
+    options=(Option("seed", int, 0, "seed of the sampled labels (sosp prune: the run's seed)"),),
+)
 def cobd(model: nn.Module, groups: Sequence[ChannelGroup], batches, *, seed: int) -> list[torch.Tensor]:
     """Channel OBD: ``sum_j W_ij^2 F_ij`` over each producer's filter and bias, summed per group."""
     modules = dict(model.named_modules())

@@ -27,14 +27,14 @@ into the existing 1x1 convs, as their ``_merge_Qs``) and removing directions unt
 fraction ``ratio * step / steps`` of the original directions is gone. Their protocol fine-tunes
 between rounds; here ``finetune_fn(model, batches)`` does so if given (default: no fine-tuning).
 """
+
 from __future__ import annotations
 
 import copy
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 import torch
 import torch.nn as nn
@@ -49,11 +49,17 @@ from sosp.utils import progress
 
 MODES = ("one_pass", "iterative")
 OPTIONS = (
-    Option("mode", str, "one_pass", "one_pass: score once and prune; iterative: steps rounds, "
-           "recomputing the factors each round", choices=MODES),
+    Option(
+        "mode",
+        str,
+        "one_pass",
+        "one_pass: score once and prune; iterative: steps rounds, recomputing the factors each round",
+        choices=MODES,
+    ),
     Option("steps", int, 3, "rounds of the iterative mode"),
-    Option("finetune_fn", Callable, None, "finetune_fn(model, batches) between iterative rounds "
-           "(default: no fine-tuning)"),
+    Option(
+        "finetune_fn", Callable, None, "finetune_fn(model, batches) between iterative rounds (default: no fine-tuning)"
+    ),
 )
 
 
@@ -137,8 +143,16 @@ def _new_core(core: nn.Module, w_star: torch.Tensor, pad_moved: bool) -> nn.Modu
     _, out_dim, in_dim = w_star.shape
     kw = dict(dtype=core.weight.dtype, device=core.weight.device)
     if isinstance(core, nn.Conv2d):
-        new = nn.Conv2d(in_dim, out_dim, core.kernel_size, core.stride, 0 if pad_moved else core.padding,
-                        core.dilation, bias=False, **kw)
+        new = nn.Conv2d(
+            in_dim,
+            out_dim,
+            core.kernel_size,
+            core.stride,
+            0 if pad_moved else core.padding,
+            core.dilation,
+            bias=False,
+            **kw,
+        )
         weight = w_star.permute(1, 2, 0).reshape(out_dim, in_dim, *core.kernel_size)
     else:
         new = nn.Linear(in_dim, out_dim, bias=False, **kw)
@@ -148,8 +162,9 @@ def _new_core(core: nn.Module, w_star: torch.Tensor, pad_moved: bool) -> nn.Modu
     return new
 
 
-def eigenbasis_layer(layer: nn.Module, basis: Eigenbasis, w_star: torch.Tensor,
-                     keep_in: Sequence[int], keep_out: Sequence[int]) -> EigenBasisLayer:
+def eigenbasis_layer(
+    layer: nn.Module, basis: Eigenbasis, w_star: torch.Tensor, keep_in: Sequence[int], keep_out: Sequence[int]
+) -> EigenBasisLayer:
     """``layer`` (plain or already reparameterised) in the eigenbasis, keeping the given directions."""
     core = _core(layer)
     keep_in, keep_out = list(keep_in), list(keep_out)
@@ -178,8 +193,12 @@ def eigenbasis_layer(layer: nn.Module, basis: Eigenbasis, w_star: torch.Tensor,
 def _supported(module: nn.Module) -> bool:
     if isinstance(module, nn.Linear):
         return True
-    return (isinstance(module, nn.Conv2d) and module.groups == 1 and module.padding_mode == "zeros"
-            and not isinstance(module.padding, str))
+    return (
+        isinstance(module, nn.Conv2d)
+        and module.groups == 1
+        and module.padding_mode == "zeros"
+        and not isinstance(module.padding, str)
+    )
 
 
 def candidate_layers(model: nn.Module, example_input: torch.Tensor) -> tuple[dict, list[str]]:
@@ -203,8 +222,9 @@ def candidate_layers(model: nn.Module, example_input: torch.Tensor) -> tuple[dic
 def direction_counts(layer: nn.Module) -> tuple[int, int]:
     """``(input directions, output directions)``: a plain layer counts its bias column as an input."""
     core = _core(layer)
-    fan_in, fan_out = (core.in_channels, core.out_channels) if isinstance(core, nn.Conv2d) else \
-        (core.in_features, core.out_features)
+    fan_in, fan_out = (
+        (core.in_channels, core.out_channels) if isinstance(core, nn.Conv2d) else (core.in_features, core.out_features)
+    )
     return fan_in + (core.bias is not None), fan_out
 
 
@@ -225,8 +245,9 @@ class LayerScores:
     imp_out: torch.Tensor
 
 
-def score_layers(model: nn.Module, batches: Iterable, layers: dict[str, nn.Module],
-                 seed: int = 0) -> dict[str, LayerScores]:
+def score_layers(
+    model: nn.Module, batches: Iterable, layers: dict[str, nn.Module], seed: int = 0
+) -> dict[str, LayerScores]:
     """Factors, eigenbases and direction importances of every candidate layer (in model order)."""
     factors = kfac_factors(model, batches, {name: _core(layer) for name, layer in layers.items()}, seed)
     scores = {}
@@ -238,15 +259,21 @@ def score_layers(model: nn.Module, batches: Iterable, layers: dict[str, nn.Modul
     return scores
 
 
-def direction_order(scores: dict[str, LayerScores], min_channels: int = 1,
-                    min_fraction: float = AUTHORS_MIN_FRACTION) -> list[tuple[str, str, int]]:
+def direction_order(
+    scores: dict[str, LayerScores], min_channels: int = 1, min_fraction: float = AUTHORS_MIN_FRACTION
+) -> list[tuple[str, str, int]]:
     """Every removable ``(layer, side, direction)``, lowest importance first (ties by position),
     never taking a side of a layer below its floor (:func:`sosp.prune.group_floor`)."""
-    entries = [(name, side, i, float(v)) for name, s in scores.items()
-               for side, imp in (("in", s.imp_in), ("out", s.imp_out)) for i, v in enumerate(imp)]
+    entries = [
+        (name, side, i, float(v))
+        for name, s in scores.items()
+        for side, imp in (("in", s.imp_in), ("out", s.imp_out))
+        for i, v in enumerate(imp)
+    ]
     order = sorted(range(len(entries)), key=lambda j: (entries[j][3], j))
-    left = {(name, side): len(imp) for name, s in scores.items()
-            for side, imp in (("in", s.imp_in), ("out", s.imp_out))}
+    left = {
+        (name, side): len(imp) for name, s in scores.items() for side, imp in (("in", s.imp_in), ("out", s.imp_out))
+    }
     floor = {key: sosp_prune.group_floor(n, min_channels, min_fraction) for key, n in left.items()}
     chosen = []
     for j in order:
@@ -257,8 +284,12 @@ def direction_order(scores: dict[str, LayerScores], min_channels: int = 1,
     return chosen
 
 
-def reparameterise(model: nn.Module, scores: dict[str, LayerScores], removal: Sequence[tuple[str, str, int]],
-                   only_if_smaller: bool = True) -> tuple[nn.Module, dict[str, dict[str, list[int]]]]:
+def reparameterise(
+    model: nn.Module,
+    scores: dict[str, LayerScores],
+    removal: Sequence[tuple[str, str, int]],
+    only_if_smaller: bool = True,
+) -> tuple[nn.Module, dict[str, dict[str, list[int]]]]:
     """A copy of ``model`` with every scored layer in its eigenbasis minus the ``removal`` directions.
 
     A layer losing nothing stays as it is, and (``only_if_smaller``) so does one whose reparameterised
@@ -283,8 +314,6 @@ def reparameterise(model: nn.Module, scores: dict[str, LayerScores], removal: Se
     return new, done
 
 
-
-
 # ---------------------------------------------------------------------------------------------
 # The pruner
 
@@ -303,10 +332,12 @@ def _one_round(model, data, ratio_goal, total, example_input, seed, target, floo
     already = total - sum(sum(direction_counts(layer)) for layer in layers.values())
     k = round(ratio_goal * total) - already
     if k > len(order):
-        raise ConfigError(f"ratio {ratio_goal} asks to remove {round(ratio_goal * total)} of {total} eigen-directions, "
-                          f"but the per-layer floor (min_channels={floor[0]}, min_fraction={floor[1]}) "
-                          f"allows at most {already + len(order)}")
-    pruned, done = reparameterise(model, scores, order[:max(k, 0)])
+        raise ConfigError(
+            f"ratio {ratio_goal} asks to remove {round(ratio_goal * total)} of {total} eigen-directions, "
+            f"but the per-layer floor (min_channels={floor[0]}, min_fraction={floor[1]}) "
+            f"allows at most {already + len(order)}"
+        )
+    pruned, done = reparameterise(model, scores, order[: max(k, 0)])
     return pruned, done, seconds, skipped
 
 
@@ -336,28 +367,59 @@ def _report(model, pruned, example_input, layers) -> dict:
         after = pruned.get_submodule(name)
         d_in, d_out = direction_counts(layer)
         k_in, k_out = direction_counts(after)
-        per_layer.append({"layer": name, "directions_in": d_in, "directions_out": d_out, "kept_in": k_in,
-                          "kept_out": k_out, "decomposed": isinstance(after, EigenBasisLayer),
-                          "params_before": measure.count_params(layer), "params_after": measure.count_params(after)})
+        per_layer.append(
+            {
+                "layer": name,
+                "directions_in": d_in,
+                "directions_out": d_out,
+                "kept_in": k_in,
+                "kept_out": k_out,
+                "decomposed": isinstance(after, EigenBasisLayer),
+                "params_before": measure.count_params(layer),
+                "params_after": measure.count_params(after),
+            }
+        )
     total = sum(r["directions_in"] + r["directions_out"] for r in per_layer)
     kept = sum(r["kept_in"] + r["kept_out"] for r in per_layer)
     params_before, params_after = measure.count_params(model), measure.count_params(pruned)
     macs_before, macs_after = measure.count_macs(model, example_input), measure.count_macs(pruned, example_input)
-    kept_fractions = [r[f"kept_{side}"] / r[f"directions_{side}"] for r in per_layer for side in ("in", "out")
-                      if r[f"directions_{side}"]]
-    return {"num_structures": total, "num_removed": total - kept, "achieved_fraction": (total - kept) / max(total, 1),
-            "min_kept_fraction": min(kept_fractions, default=1.0),
-            "params_before": params_before, "params_after": params_after,
-            "macs_before": macs_before, "macs_after": macs_after,
-            "params_fraction_removed": 1 - params_after / params_before,
-            "macs_fraction_removed": 1 - macs_after / macs_before if macs_before else 0.0,
-            "per_layer": per_layer}
+    kept_fractions = [
+        r[f"kept_{side}"] / r[f"directions_{side}"]
+        for r in per_layer
+        for side in ("in", "out")
+        if r[f"directions_{side}"]
+    ]
+    return {
+        "num_structures": total,
+        "num_removed": total - kept,
+        "achieved_fraction": (total - kept) / max(total, 1),
+        "min_kept_fraction": min(kept_fractions, default=1.0),
+        "params_before": params_before,
+        "params_after": params_after,
+        "macs_before": macs_before,
+        "macs_after": macs_after,
+        "params_fraction_removed": 1 - params_after / params_before,
+        "macs_fraction_removed": 1 - macs_after / macs_before if macs_before else 0.0,
+        "per_layer": per_layer,
+    }
 
 
 @register("eigendamage", "pruner", options=OPTIONS, cost_normalizable=False, min_fraction=AUTHORS_MIN_FRACTION)
-def eigendamage(model: nn.Module, batches: Iterable, ratio: float, *, example_input: torch.Tensor, target: str,
-                num_samples: int | None, seed: int, min_channels: int, min_fraction: float, mode: str, steps: int,
-                finetune_fn: Callable | None) -> sosp_prune.PruneResult:
+def eigendamage(
+    model: nn.Module,
+    batches: Iterable,
+    ratio: float,
+    *,
+    example_input: torch.Tensor,
+    target: str,
+    num_samples: int | None,
+    seed: int,
+    min_channels: int,
+    min_fraction: float,
+    mode: str,
+    steps: int,
+    finetune_fn: Callable | None,
+) -> sosp_prune.PruneResult:
     """EigenDamage: remove the fraction ``ratio`` of all eigen-directions (or of the base model's
     params/MACs with ``target``, one-pass only) and reparameterise every layer that gets smaller.
 
@@ -369,8 +431,10 @@ def eigendamage(model: nn.Module, batches: Iterable, ratio: float, *, example_in
     rounds = 1
     if mode == "iterative":
         if target != "structures":
-            raise ConfigError(f"eigendamage mode 'iterative' removes a fraction of eigen-directions; "
-                              f"target {target!r} needs mode 'one_pass'")
+            raise ConfigError(
+                f"eigendamage mode 'iterative' removes a fraction of eigen-directions; "
+                f"target {target!r} needs mode 'one_pass'"
+            )
         rounds = check_positive_int("steps", steps)
     ratio = sosp_prune.check_ratio(ratio)
     floor = sosp_prune.check_floor(min_channels, min_fraction)
@@ -381,15 +445,25 @@ def eigendamage(model: nn.Module, batches: Iterable, ratio: float, *, example_in
     start = time.perf_counter()
     pruned, done, seconds = model, {}, 0.0
     for step in range(1, rounds + 1):  # each round recomputes the factors of the current network
-        pruned, done, round_seconds, skipped = _one_round(pruned, data, ratio * step / rounds, total,
-                                                          example_input, seed, target, floor)
+        pruned, done, round_seconds, skipped = _one_round(
+            pruned, data, ratio * step / rounds, total, example_input, seed, target, floor
+        )
         seconds += round_seconds
         if finetune_fn is not None and step < rounds:
             finetune_fn(pruned, data)
     surgery_seconds = time.perf_counter() - start - seconds
     removed = {f"{name}:{side}": idx for name, sides in done.items() for side, idx in sides.items()}
     report = _report(model, pruned, example_input, layers)
-    report.update(ratio=ratio, target=target, min_channels=floor[0], min_fraction=floor[1], normalize="none",
-                  mode=mode, steps=rounds, saliency_seconds=seconds, surgery_seconds=surgery_seconds,
-                  skipped_layers=skipped)
+    report.update(
+        ratio=ratio,
+        target=target,
+        min_channels=floor[0],
+        min_fraction=floor[1],
+        normalize="none",
+        mode=mode,
+        steps=rounds,
+        saliency_seconds=seconds,
+        surgery_seconds=surgery_seconds,
+        skipped_layers=skipped,
+    )
     return sosp_prune.PruneResult(model=pruned.eval(), removed=removed, report=report)

@@ -20,10 +20,11 @@ patch-space factor with its ``kh*kw`` diagonal blocks averaged and the cross-off
 adds one constant input column, ``1`` for Linear and ``1/(kh*kw)`` for conv (as in their code), so
 that summing the bias column over the ``kh*kw`` offsets gives the bias once.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Iterable
 
 import torch
 import torch.nn as nn
@@ -45,8 +46,9 @@ def sample_labels(logits: torch.Tensor, generator: torch.Generator) -> torch.Ten
     return torch.multinomial(logits.detach().softmax(-1), 1, generator=generator).squeeze(1)
 
 
-def sampled_fisher_passes(model: nn.Module, batches: Iterable, layers: dict[str, nn.Module],
-                          on_layer: Callable, seed: int = 0) -> int:
+def sampled_fisher_passes(
+    model: nn.Module, batches: Iterable, layers: dict[str, nn.Module], on_layer: Callable, seed: int = 0
+) -> int:
     """Call ``on_layer(name, module, input, output_grad)`` for every layer and batch; return ``N``.
 
     ``output_grad`` is per sample: the backward pass is of ``sum_n l(f_n, y~_n)``. Each layer's output
@@ -61,6 +63,7 @@ def sampled_fisher_passes(model: nn.Module, batches: Iterable, layers: dict[str,
             saved.setdefault(name, []).append(args[0].detach())
             output.register_hook(lambda g: on_layer(name, module, saved[name].pop(), g.detach()))
             return output.clone()
+
         return hook
 
     n = 0
@@ -123,8 +126,9 @@ def input_rows(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return rows
 
 
-def kfac_factors(model: nn.Module, batches: Iterable, layers: dict[str, nn.Module],
-                 seed: int = 0) -> dict[str, KFACFactors]:
+def kfac_factors(
+    model: nn.Module, batches: Iterable, layers: dict[str, nn.Module], seed: int = 0
+) -> dict[str, KFACFactors]:
     """``A = E_n[mean_r a a^T]`` and ``S = E_n[sum_t g g^T]`` for every layer (module docstring)."""
     sums_a: dict[str, torch.Tensor] = {}
     sums_s: dict[str, torch.Tensor] = {}

@@ -20,9 +20,10 @@ are not counted, as in the paper.
   per layer). Norms of layers with different fan-in are not on a common scale, which is why the
   paper prunes layer by layer.
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
@@ -54,8 +55,14 @@ SCOPES = {
     "layerwise": within_group_ranks,
     "global": lambda norms: norms,
 }
-SCOPE = Option("scope", str, "layerwise", "layerwise: within-group ranks, the same fraction of every group "
-               "(the paper's protocol); global: raw norms ranked across groups", choices=tuple(SCOPES))
+SCOPE = Option(
+    "scope",
+    str,
+    "layerwise",
+    "layerwise: within-group ranks, the same fraction of every group "
+    "(the paper's protocol); global: raw norms ranked across groups",
+    choices=tuple(SCOPES),
+)
 
 
 @register("magnitude", options=(SCOPE,), cost_normalizable=lambda options: options["scope"] == "global")

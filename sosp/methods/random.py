@@ -1,4 +1,5 @@
 """``random``: uniform random saliencies, the control every pruning criterion must beat."""
+
 from __future__ import annotations
 
 import torch
@@ -6,8 +7,11 @@ import torch
 from sosp.methods import Option, register
 
 
-@register("random", cost_normalizable=False,
-          options=(Option("seed", int, 0, "seed of the draw (sosp prune: the run's seed)"),))
+@register(
+    "random",
+    cost_normalizable=False,
+    options=(Option("seed", int, 0, "seed of the draw (sosp prune: the run's seed)"),),
+)
 def random_saliency(model, groups, batches, *, seed: int) -> list[torch.Tensor]:
     """The control: uniform in [0, 1) per structure, from a generator seeded with the run's ``seed``.
 

@@ -1,8 +1,9 @@
 """``sosp_h``: SOSP-H, ``|g_s| + 1/2 |(G 1)_s|`` from one Gauss-Newton-vector product per batch
 (docs/method.md section 4; the options and their costs: docs/method_choices.md)."""
+
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 import torch.nn as nn
@@ -24,15 +25,29 @@ CURVATURE_PRODUCTS = {
     "hessian": hessian_ones_combinations,
 }
 
-COMBINE = Option("combine", str, "separate", "separate: |g| + 1/2 |G 1|; joint: |-g + 1/2 G 1|; "
-                 "second_order: 1/2 |G 1|", choices=tuple(SOSP_H_COMBINE))
-CURVATURE = Option("curvature", str, "ggn", "ggn: Gauss-Newton G; hessian: exact Hessian-vector product H 1",
-                   choices=tuple(CURVATURE_PRODUCTS))
+COMBINE = Option(
+    "combine",
+    str,
+    "separate",
+    "separate: |g| + 1/2 |G 1|; joint: |-g + 1/2 G 1|; second_order: 1/2 |G 1|",
+    choices=tuple(SOSP_H_COMBINE),
+)
+CURVATURE = Option(
+    "curvature",
+    str,
+    "ggn",
+    "ggn: Gauss-Newton G; hessian: exact Hessian-vector product H 1",
+    choices=tuple(CURVATURE_PRODUCTS),
+)
 
 
-def curvature_combinations(model: nn.Module, groups: Sequence[ChannelGroup], batches: Iterable,
-                           curvature: str = CURVATURE.default,
-                           combinations=GRADIENT_AND_CURVATURE) -> tuple[list[torch.Tensor], int]:
+def curvature_combinations(
+    model: nn.Module,
+    groups: Sequence[ChannelGroup],
+    batches: Iterable,
+    curvature: str = CURVATURE.default,
+    combinations=GRADIENT_AND_CURVATURE,
+) -> tuple[list[torch.Tensor], int]:
     """Sample-weighted means over all batches of ``a g + b G 1`` (or ``H 1``) for each ``(a, b)``."""
     if curvature not in CURVATURE_PRODUCTS:
         raise ConfigError(f"curvature must be one of {sorted(CURVATURE_PRODUCTS)}, got {curvature!r}")
@@ -49,8 +64,9 @@ def curvature_combinations(model: nn.Module, groups: Sequence[ChannelGroup], bat
     return [s / n for s in sums], n
 
 
-def sosp_h_terms(model: nn.Module, groups: Sequence[ChannelGroup], batches: Iterable,
-                 curvature: str = CURVATURE.default) -> dict:
+def sosp_h_terms(
+    model: nn.Module, groups: Sequence[ChannelGroup], batches: Iterable, curvature: str = CURVATURE.default
+) -> dict:
     """Sample-weighted means of ``g`` and ``G 1`` (or ``H 1``) over all batches."""
     (g, gv), n = curvature_combinations(model, groups, batches, curvature)
     return {"g": g, "Gv": gv, "num_samples": n}

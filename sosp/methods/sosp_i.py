@@ -1,9 +1,10 @@
 """``sosp_i``: SOSP-I, ``|g_s| + 1/2 sum_s' |G_ss'|`` with the full pairwise curvature matrix
 (docs/method.md section 3; the options: docs/method_choices.md)."""
+
 from __future__ import annotations
 
 import os
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 import torch.nn as nn
@@ -13,8 +14,14 @@ from sosp.errors import ConfigError, SospError
 from sosp.methods import Option, register, to_device
 from sosp.structures import ChannelGroup, split_flat, total_structures
 
-ESTIMATOR = Option("estimator", str, "exact", "exact: every per-sample Jacobian (C reverse passes per batch); "
-                   "mc: Monte-Carlo Fisher with mc_samples sampled labels per sample", choices=("exact", "mc"))
+ESTIMATOR = Option(
+    "estimator",
+    str,
+    "exact",
+    "exact: every per-sample Jacobian (C reverse passes per batch); "
+    "mc: Monte-Carlo Fisher with mc_samples sampled labels per sample",
+    choices=("exact", "mc"),
+)
 MC_SAMPLES = Option("mc_samples", int, 1, "labels drawn per sample by the mc estimator")
 SEED = Option("seed", int, 0, "seed of the mc estimator's label sampling (sosp prune: the run's seed)")
 MAX_BYTES = Option("max_bytes", int, None, "bytes the S x S matrix may take (none: half of the free memory)")
@@ -30,18 +37,25 @@ def _available_memory_bytes() -> int:
 def check_pairwise_memory(num_structures: int, dtype: torch.dtype, max_bytes: int | None = None) -> None:
     """SOSP-I holds an ``S x S`` matrix: refuse with a clear message when it cannot fit."""
     itemsize = torch.empty((), dtype=dtype).element_size()
-    needed = num_structures ** 2 * itemsize
+    needed = num_structures**2 * itemsize
     budget = max_bytes if max_bytes is not None else _available_memory_bytes() // 2
     if needed > budget:
         raise SospError(
             f"SOSP-I needs the full {num_structures} x {num_structures} curvature matrix "
             f"({needed / 2**30:.2f} GiB) but only {budget / 2**30:.2f} GiB may be used; "
-            "use sosp_h, or raise the limit with the option max_bytes")
+            "use sosp_h, or raise the limit with the option max_bytes"
+        )
 
 
-def sosp_i_terms(model: nn.Module, groups: Sequence[ChannelGroup], batches: Iterable,
-                 estimator: str = ESTIMATOR.default, mc_samples: int = MC_SAMPLES.default,
-                 seed: int = SEED.default, max_bytes: int | None = MAX_BYTES.default) -> dict:
+def sosp_i_terms(
+    model: nn.Module,
+    groups: Sequence[ChannelGroup],
+    batches: Iterable,
+    estimator: str = ESTIMATOR.default,
+    mc_samples: int = MC_SAMPLES.default,
+    seed: int = SEED.default,
+    max_bytes: int | None = MAX_BYTES.default,
+) -> dict:
     """Sample-weighted means of ``g`` and the full Gauss-Newton matrix ``G`` (docs/method.md section 3)."""
     if estimator not in ("exact", "mc"):
         raise ConfigError(f"estimator must be 'exact' or 'mc', got {estimator!r}")
@@ -61,10 +75,13 @@ def sosp_i_terms(model: nn.Module, groups: Sequence[ChannelGroup], batches: Iter
             G += curvature.gauss_newton_exact(J, logits)
             g += curvature.loss_gradient_from_jacobians(J, logits, y)
         else:
+
             def labels(logits, y=y):
-                sampled = torch.multinomial(logits.float().softmax(-1), mc_samples, replacement=True,
-                                            generator=generator)
+                sampled = torch.multinomial(
+                    logits.float().softmax(-1), mc_samples, replacement=True, generator=generator
+                )
                 return torch.cat([y.unsqueeze(1), sampled], dim=1)
+
             v, _ = curvature.per_sample_gradients(model, groups, x, labels)
             g += v[0].sum(0)
             sampled = v[1:].reshape(-1, num_structures)
@@ -76,9 +93,11 @@ def sosp_i_terms(model: nn.Module, groups: Sequence[ChannelGroup], batches: Iter
 
 
 @register("sosp_i", options=(ESTIMATOR, MC_SAMPLES, SEED, MAX_BYTES))
-def sosp_i(model, groups, batches, *, estimator: str, mc_samples: int, seed: int,
-           max_bytes: int | None) -> list[torch.Tensor]:
+def sosp_i(
+    model, groups, batches, *, estimator: str, mc_samples: int, seed: int, max_bytes: int | None
+) -> list[torch.Tensor]:
     """SOSP-I: ``|g_s| + 1/2 sum_s' |G_ss'|`` with the full pairwise curvature (docs/method.md section 3)."""
-    terms = sosp_i_terms(model, groups, batches, estimator=estimator, mc_samples=mc_samples,
-                         seed=seed, max_bytes=max_bytes)
+    terms = sosp_i_terms(
+        model, groups, batches, estimator=estimator, mc_samples=mc_samples, seed=seed, max_bytes=max_bytes
+    )
     return split_flat(terms["g"].abs() + 0.5 * terms["G"].abs().sum(dim=1), groups)

@@ -22,14 +22,14 @@ Two schedules:
   (and enough of them) to get the paper's protocol. ``finetune_fn(model, batches)`` replaces the
   built-in SGD steps. It is only available with ``target="structures"``.
 """
+
 from __future__ import annotations
 
 import copy
 import itertools
 import math
 import time
-from collections.abc import Callable
-from typing import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 import torch.nn as nn
@@ -43,8 +43,9 @@ from sosp.structures import ChannelGroup, channel_groups, gates_applied, split_f
 from sosp.utils import progress, train_mode
 
 
-def minibatch_gate_gradient(model: nn.Module, groups: Sequence[ChannelGroup], x: torch.Tensor,
-                            y: torch.Tensor) -> torch.Tensor:
+def minibatch_gate_gradient(
+    model: nn.Module, groups: Sequence[ChannelGroup], x: torch.Tensor, y: torch.Tensor
+) -> torch.Tensor:
     """``dL_m/dc`` at ``c = 1`` for one mini-batch (flat over all structures)."""
     p = next(model.parameters())
     gates = torch.ones(total_structures(groups), dtype=p.dtype, device=p.device, requires_grad=True)
@@ -67,16 +68,22 @@ def taylor_importance(model: nn.Module, groups: Sequence[ChannelGroup], batches:
     return total / count
 
 
-SCHEDULE = Option("schedule", str, "oneshot", "oneshot (the only schedule here; Molchanov et al.'s iterative "
-                  "protocol is the method taylor_iterative)")
+SCHEDULE = Option(
+    "schedule",
+    str,
+    "oneshot",
+    "oneshot (the only schedule here; Molchanov et al.'s iterative protocol is the method taylor_iterative)",
+)
 
 
 @register("taylor", options=(SCHEDULE,))
 def taylor(model, groups, batches, *, schedule: str) -> list[torch.Tensor]:
     """Molchanov et al. (2019) one-shot: ``mean_m (dL_m/dc_s)^2``."""
     if schedule == "iterative":
-        raise ConfigError("the iterative Taylor protocol removes structures between fine-tuning steps, so it "
-                          "is a whole pruning method: use method 'taylor_iterative'")
+        raise ConfigError(
+            "the iterative Taylor protocol removes structures between fine-tuning steps, so it "
+            "is a whole pruning method: use method 'taylor_iterative'"
+        )
     if schedule != "oneshot":
         raise ConfigError(f"schedule must be 'oneshot' (or use method 'taylor_iterative'), got {schedule!r}")
     return split_flat(taylor_importance(model, groups, batches), groups)
@@ -101,6 +108,7 @@ def sgd_finetune(lr: float, momentum: float, weight_decay: float) -> Callable:
 
     A fresh optimiser per call: the model changes shape between calls, so momentum cannot carry over.
     """
+
     def finetune(model: nn.Module, batches: Sequence) -> None:
         optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
         try:
@@ -112,14 +120,29 @@ def sgd_finetune(lr: float, momentum: float, weight_decay: float) -> Callable:
                     optimizer.step()
         finally:
             optimizer.zero_grad(set_to_none=True)
+
     return finetune
 
 
 @register("taylor_iterative", "pruner", options=ITERATIVE_OPTIONS)
-def taylor_iterative(model: nn.Module, batches: Iterable, ratio: float, *, example_input: torch.Tensor,
-                     target: str, num_samples: int | None, seed: int, min_channels: int, min_fraction: float,
-                     prune_every: int, per_step: int | None, lr: float, momentum: float, weight_decay: float,
-                     finetune_fn: Callable | None) -> sosp_prune.PruneResult:
+def taylor_iterative(
+    model: nn.Module,
+    batches: Iterable,
+    ratio: float,
+    *,
+    example_input: torch.Tensor,
+    target: str,
+    num_samples: int | None,
+    seed: int,
+    min_channels: int,
+    min_fraction: float,
+    prune_every: int,
+    per_step: int | None,
+    lr: float,
+    momentum: float,
+    weight_decay: float,
+    finetune_fn: Callable | None,
+) -> sosp_prune.PruneResult:
     """Molchanov et al.'s iterative protocol: score, remove the lowest, fine-tune, repeat.
 
     The steps and defaults are in the module docstring. ``model`` itself is left untouched; the
@@ -138,12 +161,22 @@ def taylor_iterative(model: nn.Module, batches: Iterable, ratio: float, *, examp
         data = list(limit_samples(batches, num_samples))
         if not data:
             raise SospError("no calibration samples: the batches were empty")
-        return _iterative_prune(model, data, ratio, example_input[:1], prune_every, per_step, min_channels,
-                                min_fraction, finetune_fn or sgd_finetune(lr, momentum, weight_decay))
+        return _iterative_prune(
+            model,
+            data,
+            ratio,
+            example_input[:1],
+            prune_every,
+            per_step,
+            min_channels,
+            min_fraction,
+            finetune_fn or sgd_finetune(lr, momentum, weight_decay),
+        )
 
 
-def _iterative_prune(model, data, ratio, example_input, prune_every, per_step, min_channels, min_fraction,
-                     finetune_fn) -> sosp_prune.PruneResult:
+def _iterative_prune(
+    model, data, ratio, example_input, prune_every, per_step, min_channels, min_fraction, finetune_fn
+) -> sosp_prune.PruneResult:
     base_groups = channel_groups(model, example_input)
     total = total_structures(base_groups)
     goal = round(ratio * total)
@@ -160,7 +193,7 @@ def _iterative_prune(model, data, ratio, example_input, prune_every, per_step, m
         scores = split_flat(taylor_importance(current, groups, chunk), groups)
         score_seconds += time.perf_counter() - start
         floors = [floor_of.get(g.name, min_channels) for g in groups]
-        order = sosp_prune.removal_order(groups, scores, floors=floors)[:min(per_step, goal - removed_count)]
+        order = sosp_prune.removal_order(groups, scores, floors=floors)[: min(per_step, goal - removed_count)]
         if not order:
             break  # every group is down to min_channels
         removed_now = sosp_prune.as_removed(groups, order)
@@ -176,6 +209,14 @@ def _iterative_prune(model, data, ratio, example_input, prune_every, per_step, m
     removed = {g.name: sorted(set(range(g.size)) - set(alive[g.name])) for g in base_groups}
     removed = {name: idx for name, idx in removed.items() if idx}
     report = sosp_prune.describe(model, current, base_groups, removed, example_input)
-    report.update(ratio=ratio, target="structures", min_channels=min_channels, min_fraction=min_fraction, steps=steps,
-                  per_step=per_step, prune_every=prune_every, saliency_seconds=score_seconds)
+    report.update(
+        ratio=ratio,
+        target="structures",
+        min_channels=min_channels,
+        min_fraction=min_fraction,
+        steps=steps,
+        per_step=per_step,
+        prune_every=prune_every,
+        saliency_seconds=score_seconds,
+    )
     return sosp_prune.PruneResult(model=current.eval(), removed=removed, report=report)

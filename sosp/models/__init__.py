@@ -4,10 +4,11 @@ Names: ``resnet<6n+2>`` (CIFAR ResNet; ``shortcut="A"`` or ``"B"``), ``vgg11/13/
 ``torchvision:<name>`` and ``timm:<name>``. The CIFAR models take ``widths`` and ``width_multiplier``
 (see ``width_spec()``), which the bottleneck study uses to rebuild widened networks.
 """
+
 import functools
 import inspect
 import re
-from typing import Callable
+from collections.abc import Callable
 
 from torch import nn
 
@@ -35,8 +36,10 @@ def _builder(name: str) -> Callable[..., nn.Module]:
     if depth:
         d = int(depth.group(1))
         if d < 8 or (d - 2) % 6:
-            raise ConfigError(f"CIFAR ResNet depth must be 6n+2 with n >= 1 (20, 32, 44, 56, 110, ...), "
-                              f"got {name!r}; for ImageNet ResNets use 'torchvision:{name}'")
+            raise ConfigError(
+                f"CIFAR ResNet depth must be 6n+2 with n >= 1 (20, 32, 44, 56, 110, ...), "
+                f"got {name!r}; for ImageNet ResNets use 'torchvision:{name}'"
+            )
         return functools.partial(cifar_resnet, d)
     zoo, sep, zoo_name = name.partition(":")
     if sep and zoo in ZOOS:
@@ -53,8 +56,9 @@ def create(name: str, num_classes: int, in_channels: int = 3, **options) -> nn.M
         accepted = set(inspect.signature(builder.func).parameters) - {"depth", "num_classes", "in_channels"}
         unknown = sorted(set(options) - accepted)
         if unknown:
-            raise ConfigError(f"model {name!r} takes no option(s) {', '.join(unknown)}; "
-                              f"options: {', '.join(sorted(accepted))}")
+            raise ConfigError(
+                f"model {name!r} takes no option(s) {', '.join(unknown)}; options: {', '.join(sorted(accepted))}"
+            )
     return builder(num_classes=num_classes, in_channels=in_channels, **options)
 
 

@@ -3,6 +3,7 @@
 Every width is a named, overridable setting (``width_spec`` / ``widths`` / ``width_multiplier``) so the
 bottleneck study can widen single blocks or stages and rebuild the network from the same code.
 """
+
 import math
 
 import torch
@@ -27,7 +28,7 @@ class PadShortcut(nn.Module):
 
     def forward(self, x):
         if self.stride != 1:
-            x = x[:, :, ::self.stride, ::self.stride]
+            x = x[:, :, :: self.stride, :: self.stride]
         return F.pad(x, (0, 0, 0, 0, self.pad_front, self.pad_back))
 
     def extra_repr(self) -> str:
@@ -44,13 +45,14 @@ class BasicBlock(nn.Module):
         if stride == 1 and in_planes == planes:
             self.shortcut = nn.Sequential()
         elif shortcut == "B":
-            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride, bias=False),
-                                          nn.BatchNorm2d(planes))
+            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
         else:
             pad = planes - in_planes
             if pad < 0:
-                raise ConfigError(f"option-A shortcuts can only widen the residual stream, but a block "
-                                  f"maps {in_planes} to {planes} channels; use shortcut='B'")
+                raise ConfigError(
+                    f"option-A shortcuts can only widen the residual stream, but a block "
+                    f"maps {in_planes} to {planes} channels; use shortcut='B'"
+                )
             self.shortcut = PadShortcut(stride, pad // 2, pad - pad // 2)
 
     def forward(self, x):
@@ -102,22 +104,28 @@ class WidthMixin:
         try:
             return self._width_keys[module_name]
         except KeyError:
-            raise ConfigError(f"{module_name!r} is not a conv or BatchNorm whose output width is a "
-                              f"setting of this model") from None
+            raise ConfigError(
+                f"{module_name!r} is not a conv or BatchNorm whose output width is a setting of this model"
+            ) from None
 
 
 class CifarResNet(WidthMixin, nn.Module):
-    def __init__(self, depth: int = 20, num_classes: int = 10, in_channels: int = 3,
-                 shortcut: str = "B", widths: dict | None = None, width_multiplier: float = 1.0):
+    def __init__(
+        self,
+        depth: int = 20,
+        num_classes: int = 10,
+        in_channels: int = 3,
+        shortcut: str = "B",
+        widths: dict | None = None,
+        width_multiplier: float = 1.0,
+    ):
         super().__init__()
         _check_positive(depth=depth, num_classes=num_classes, in_channels=in_channels)
         if depth < 8 or (depth - 2) % 6:
-            raise ConfigError(f"CIFAR ResNet depth must be 6n+2 with n >= 1 (20, 32, 44, 56, 110, ...), "
-                              f"got {depth}")
+            raise ConfigError(f"CIFAR ResNet depth must be 6n+2 with n >= 1 (20, 32, 44, 56, 110, ...), got {depth}")
         shortcut = str(shortcut).upper()
         if shortcut not in ("A", "B"):
-            raise ConfigError(f"shortcut must be 'A' (zero padding) or 'B' (1x1 projection), "
-                              f"got {shortcut!r}")
+            raise ConfigError(f"shortcut must be 'A' (zero padding) or 'B' (1x1 projection), got {shortcut!r}")
         n = (depth - 2) // 6
         default = dict(zip(STAGES, DEFAULT_STAGE_WIDTHS))
         default.update({f"layer{s + 1}.{b}": DEFAULT_STAGE_WIDTHS[s] for s in range(3) for b in range(n)})
@@ -134,8 +142,14 @@ class CifarResNet(WidthMixin, nn.Module):
                 block_key, prefix = f"layer{s + 1}.{b}", f"layer{s + 1}.{b}."
                 stride = 2 if s > 0 and b == 0 else 1
                 block = BasicBlock(in_planes, spec[block_key], planes, stride, shortcut)
-                keys.update({prefix + "conv1": block_key, prefix + "bn1": block_key,
-                             prefix + "conv2": stage, prefix + "bn2": stage})
+                keys.update(
+                    {
+                        prefix + "conv1": block_key,
+                        prefix + "bn1": block_key,
+                        prefix + "conv2": stage,
+                        prefix + "bn2": stage,
+                    }
+                )
                 if isinstance(block.shortcut, nn.Sequential) and len(block.shortcut):
                     keys.update({prefix + "shortcut.0": stage, prefix + "shortcut.1": stage})
                 blocks.append(block)
@@ -145,8 +159,9 @@ class CifarResNet(WidthMixin, nn.Module):
         self.fc = nn.Linear(in_planes, num_classes)
         # Option A: the zero padding is invisible to torch-pruning's dependency graph, so every layer
         # writing into the residual stream must stay unpruned (read by sosp.structures).
-        self.sosp_unprunable = ("conv1",) + tuple(
-            f"layer{s + 1}.{b}.conv2" for s in range(3) for b in range(n)) if shortcut == "A" else ()
+        self.sosp_unprunable = (
+            ("conv1",) + tuple(f"layer{s + 1}.{b}.conv2" for s in range(3) for b in range(n)) if shortcut == "A" else ()
+        )
 
         init_conv_bn(self)
 
@@ -156,6 +171,12 @@ class CifarResNet(WidthMixin, nn.Module):
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
-def cifar_resnet(depth: int, num_classes: int = 10, in_channels: int = 3, shortcut: str = "B",
-                 widths: dict | None = None, width_multiplier: float = 1.0) -> CifarResNet:
+def cifar_resnet(
+    depth: int,
+    num_classes: int = 10,
+    in_channels: int = 3,
+    shortcut: str = "B",
+    widths: dict | None = None,
+    width_multiplier: float = 1.0,
+) -> CifarResNet:
     return CifarResNet(depth, num_classes, in_channels, shortcut, widths, width_multiplier)

@@ -1,4 +1,5 @@
 """CIFAR VGG with BatchNorm (Simonyan & Zisserman 2015, as adapted for CIFAR): one linear classifier."""
+
 import torch
 from torch import nn
 
@@ -8,8 +9,7 @@ CONFIGS = {
     11: (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"),
     13: (64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"),
     16: (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"),
-    19: (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M",
-         512, 512, 512, 512, "M"),
+    19: (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M"),
 }
 
 
@@ -31,8 +31,14 @@ class HalvingMaxPool2d(nn.MaxPool2d):
 
 
 class CifarVGG(WidthMixin, nn.Module):
-    def __init__(self, depth: int = 16, num_classes: int = 10, in_channels: int = 3,
-                 widths: dict | None = None, width_multiplier: float = 1.0):
+    def __init__(
+        self,
+        depth: int = 16,
+        num_classes: int = 10,
+        in_channels: int = 3,
+        widths: dict | None = None,
+        width_multiplier: float = 1.0,
+    ):
         super().__init__()
         _check_positive(num_classes=num_classes, in_channels=in_channels)
         config = CONFIGS[depth]
@@ -48,8 +54,7 @@ class CifarVGG(WidthMixin, nn.Module):
             key, width = f"conv{conv}", spec[f"conv{conv}"]
             self._width_keys.update({f"features.{len(layers)}": key, f"features.{len(layers) + 1}": key})
             # ReLU not in place: hooks that keep a BN output (gates, curvature) must not see it overwritten.
-            layers += [nn.Conv2d(channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width),
-                       nn.ReLU()]
+            layers += [nn.Conv2d(channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU()]
             channels, conv = width, conv + 1
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
@@ -65,6 +70,7 @@ class CifarVGG(WidthMixin, nn.Module):
         return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
 
 
-def cifar_vgg(depth: int, num_classes: int = 10, in_channels: int = 3, widths: dict | None = None,
-              width_multiplier: float = 1.0) -> CifarVGG:
+def cifar_vgg(
+    depth: int, num_classes: int = 10, in_channels: int = 3, widths: dict | None = None, width_multiplier: float = 1.0
+) -> CifarVGG:
     return CifarVGG(depth, num_classes, in_channels, widths, width_multiplier)

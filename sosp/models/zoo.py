@@ -1,4 +1,5 @@
 """torchvision and timm classifiers by name, always randomly initialised (the suite never downloads)."""
+
 import difflib
 
 from torch import nn
@@ -14,15 +15,24 @@ def _unknown(kind: str, name: str, names: list[str]) -> UnknownNameError:
 
 def _replace_first_conv(model: nn.Module, in_channels: int) -> None:
     """Swap the stem conv for one reading ``in_channels`` inputs, keeping every other hyper-parameter."""
-    for name, conv in model.named_modules():
+    for name, conv in model.named_modules():  # noqa: B007 (name is used after the loop)
         if isinstance(conv, nn.Conv2d):
             break
     else:
         raise ConfigError(f"cannot set in_channels={in_channels}: {type(model).__name__} has no Conv2d")
     if conv.groups != 1:
         raise ConfigError(f"cannot set in_channels={in_channels}: the first conv {name!r} is grouped")
-    new = nn.Conv2d(in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                    conv.dilation, 1, conv.bias is not None, conv.padding_mode)
+    new = nn.Conv2d(
+        in_channels,
+        conv.out_channels,
+        conv.kernel_size,
+        conv.stride,
+        conv.padding,
+        conv.dilation,
+        1,
+        conv.bias is not None,
+        conv.padding_mode,
+    )
     parent, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent), child, new)
 
@@ -48,8 +58,7 @@ def timm_model(name: str, num_classes: int, in_channels: int = 3, **options) -> 
     if not timm.is_model(name):
         raise _unknown("timm model", name, timm.list_models())
     try:
-        return timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_channels,
-                                 **options)
+        return timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_channels, **options)
     except TypeError as err:
         raise ConfigError(f"timm:{name}: {err}") from err
 
