@@ -186,7 +186,7 @@ def eigendamage_entries(case: Case) -> list[dict]:
             }
         ]
     layers, _ = ed.candidate_layers(case.model, case.x[:1])
-    cores = {name: ed._core(layer) for name, layer in layers.items()}
+    cores = {name: ed.layer_core(layer) for name, layer in layers.items()}
     fns = {
         "factors": lambda: ed.kfac_factors(case.model, case.batches(), cores),
         "factors+eigh": lambda: ed.score_layers(case.model, case.batches(), layers),

@@ -8,6 +8,7 @@ flags an op one of them misses.
 import platform
 import time
 import warnings
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -160,6 +161,55 @@ def measure(
     }
     if latency:
         result["latency"] = [
+            measure_latency(model, x.expand(b, *shape).contiguous(), device, warmup, iters) for b in latency_batches
+        ]
+    return result
+
+
+def latency_devices(device: str = "cpu", gpu_latency: str = "auto") -> list[str]:
+    """Where to time a model: the CPU always, and a GPU too when ``device`` is a CUDA device or
+    ``gpu_latency`` is ``always`` (both an error without one) or ``auto`` with one present (``never``:
+    the CPU only)."""
+    devices = ["cpu"]
+    gpu = device if device.startswith("cuda") else "cuda"
+    if gpu_latency == "always" or device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                f"GPU latency asked for ({'--device ' + device if device != 'cpu' else '--gpu-latency always'}), "
+                "but torch sees no CUDA device"
+            )
+        devices.append(gpu)
+    elif gpu_latency == "auto" and torch.cuda.is_available():
+        devices.append(gpu)
+    return devices
+
+
+def measure_on(
+    model: nn.Module,
+    input_shape: tuple,
+    devices: Sequence[str] = ("cpu",),
+    latency_batches=(1, 256),
+    warmup: int = 10,
+    iters: int = 30,
+) -> dict:
+    """:func:`measure` with the latency timed at each batch size on every device of ``devices`` (e.g.
+    from :func:`latency_devices`; empty: counts only): the CPU entries first, then those of each GPU."""
+    shape = tuple(input_shape)
+    on_cpu = "cpu" in devices
+    result = measure(
+        model,
+        shape,
+        latency_batches=latency_batches if on_cpu else (),
+        device="cpu",
+        latency=on_cpu,
+        warmup=warmup,
+        iters=iters,
+    )
+    for device in devices:
+        if device == "cpu":
+            continue
+        x = torch.randn(1, *shape, generator=torch.Generator().manual_seed(0))
+        result["latency"] += [
             measure_latency(model, x.expand(b, *shape).contiguous(), device, warmup, iters) for b in latency_batches
         ]
     return result

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from sosp import data
+from sosp.data import folders, tensors
 from sosp.errors import DataError, UnknownNameError
 
 CIFAR_ZIP = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10-jpeg.zip"
@@ -98,14 +99,14 @@ def test_crop_matches_explicit_padding_and_flip_is_a_mirror():
     x = torch.randn(16, 3, 5, 6)
     fill = torch.tensor([-1.0, -2.0, -3.0])
     g = torch.Generator().manual_seed(3)
-    out = data._augment(x, fill, data.Augment(crop_padding=2), g)
+    out = tensors._augment(x, fill, data.Augment(crop_padding=2), g)
     g = torch.Generator().manual_seed(3)
     dy, dx = torch.randint(0, 5, (16,), generator=g), torch.randint(0, 5, (16,), generator=g)
     padded = fill[None, :, None, None].repeat(16, 1, 9, 10)
     padded[:, :, 2:7, 2:8] = x
     for i in range(16):
         assert torch.equal(out[i], padded[i, :, dy[i] : dy[i] + 5, dx[i] : dx[i] + 6])
-    flipped = data._augment(x, fill, data.Augment(crop_padding=0, flip=True), torch.Generator().manual_seed(0))
+    flipped = tensors._augment(x, fill, data.Augment(crop_padding=0, flip=True), torch.Generator().manual_seed(0))
     is_flip = [torch.equal(flipped[i], x[i].flip(-1)) for i in range(16)]
     assert all(f or torch.equal(flipped[i], x[i]) for i, f in enumerate(is_flip)) and 0 < sum(is_flip) < 16
 
@@ -185,18 +186,18 @@ def test_imagefolder_in_memory_loads_and_caches(tmp_path):
 def test_imagefolder_cache_falls_back_to_sosp_cache(tmp_path, monkeypatch):
     root, cache = tmp_path / "images", tmp_path / "cache"
     _make_folder(root, per_class=(2, 1))
-    real = data.write_atomic
+    real = folders.write_atomic
 
     def read_only_root(path, writer):
         if root in Path(path).parents:
             raise PermissionError(f"read-only: {path}")
         real(path, writer)
 
-    monkeypatch.setattr(data, "write_atomic", read_only_root)
+    monkeypatch.setattr(folders, "write_atomic", read_only_root)
     monkeypatch.setenv("SOSP_CACHE", str(cache))
     b = data.load("imagefolder", root=root, val_fraction=0)
     assert len(list(cache.glob("*.pt"))) == 2 and not list(root.glob(".sosp_cache/*.pt"))
-    monkeypatch.setattr(data, "_decode", None)  # a second load must come from the cache
+    monkeypatch.setattr(folders, "_decode", None)  # a second load must come from the cache
     assert torch.equal(data.load("imagefolder", root=root, val_fraction=0).train.x, b.train.x)
 
 

@@ -6,7 +6,15 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from sosp import models
 from sosp.errors import ConfigError
-from sosp.measure import count_macs, count_macs_fvcore, count_params, measure, measure_latency
+from sosp.measure import (
+    count_macs,
+    count_macs_fvcore,
+    count_params,
+    latency_devices,
+    measure,
+    measure_latency,
+    measure_on,
+)
 
 LATENCY_KEYS = {
     "device",
@@ -67,3 +75,20 @@ def test_measure():
     assert measure(model, (1, 8, 8), latency=False)["latency"] == []
     with pytest.raises(ConfigError, match="input_shape"):
         measure(model, (1, 0, 8), latency=False)
+
+
+def test_measure_on_devices():
+    model = models.create("resnet8", num_classes=10, in_channels=1, width_multiplier=0.25)
+    assert latency_devices("cpu", "never") == ["cpu"]
+    counts = measure_on(model, (1, 8, 8), devices=[], latency_batches=(1, 4))
+    assert counts["latency"] == [] and counts["macs"] == count_macs(model, torch.zeros(1, 1, 8, 8))
+    result = measure_on(model, (1, 8, 8), devices=["cpu"], latency_batches=(1, 4), warmup=1, iters=3)
+    assert [(r["device"], r["batch_size"]) for r in result["latency"]] == [("cpu", 1), ("cpu", 4)]
+    if torch.cuda.is_available():
+        assert latency_devices("cpu", "auto") == ["cpu", "cuda"] == latency_devices("cpu", "always")
+        result = measure_on(model, (1, 8, 8), devices=["cpu", "cuda"], latency_batches=(2,), warmup=1, iters=3)
+        assert [r["device"].split(":")[0] for r in result["latency"]] == ["cpu", "cuda"]
+    else:
+        assert latency_devices("cpu", "auto") == ["cpu"]
+        with pytest.raises(ConfigError, match="no CUDA device"):
+            latency_devices("cuda", "never")

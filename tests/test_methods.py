@@ -192,3 +192,16 @@ def test_models_saved_before_the_methods_moved_still_load(tmp_path, monkeypatch)
     assert b"baselines.eigendamage" in (tmp_path / "old.pt").read_bytes()
     model, _ = io.load_model(tmp_path / "old.pt")
     assert type(model[0]) is eigendamage.EigenBasisLayer
+
+
+def test_models_saved_before_the_eigenbasis_layer_moved_still_load(tmp_path, monkeypatch):
+    """An EigenDamage model pickled when its layer class lived in ``sosp.methods.eigendamage``."""
+    from sosp import io
+    from sosp.methods import eigenbasis, eigendamage
+
+    monkeypatch.setattr(eigenbasis.EigenBasisLayer, "__module__", "sosp.methods.eigendamage")
+    io.save_model(tmp_path / "old.pt", torch.nn.Sequential(eigenbasis.EigenBasisLayer(torch.nn.Linear(2, 2))))
+    monkeypatch.undo()
+    assert b"sosp.methods.eigendamage" in (tmp_path / "old.pt").read_bytes()
+    model, _ = io.load_model(tmp_path / "old.pt")
+    assert type(model[0]) is eigenbasis.EigenBasisLayer is eigendamage.EigenBasisLayer

@@ -144,6 +144,39 @@ def test_make_record_fields():
         results.make_record("trained", tier="t", dataset="d", arch="a", seed=0)
 
 
+def test_pruned_and_finetuned_records_carry_the_pruning():
+    base = results.make_record("base", tier="t", dataset="digits", arch="resnet20", seed=1, train_epochs=3)
+    report = {
+        "achieved_fraction": 0.5,
+        "min_channels": 1,
+        "min_fraction": 0.0,
+        "normalize": "none",
+        "per_group": [{"group": "g", "removed": 2, "size": 4}],
+        "saliency_seconds": 1.0,
+        "selection_seconds": 0.1,
+        "prune_seconds": 1.5,
+        "params_after": 10,
+        "macs_after": 20,
+        "scores": [[1.0]],
+        "options": {},
+        "resolved_options": {"combine": "separate"},
+    }
+    pruned = results.pruned_record(
+        base, report, seed=1, method="sosp_h", ratio=0.5, target="structures", method_options={}, samples=64, top1=0.9
+    )
+    assert (pruned["stage"], pruned["train_epochs"], pruned["finetune_epochs"]) == ("pruned", 3, 0)
+    assert (pruned["params"], pruned["macs"], pruned["top1"], pruned["samples"]) == (10, 20, 0.9, 64)
+    assert pruned["removed_per_layer"] == '{"g": 0.5}' and pruned["min_kept_fraction"] == 0.5
+    assert pruned["details"]["method_options_resolved"] == {"combine": "separate"}
+    assert "scores" not in pruned["details"]["prune_report"] and "per_group" in pruned["details"]["prune_report"]
+    tuned = results.finetuned_record(
+        pruned, seed=1, params=10, finetune_epochs=2, finetune_seconds=4.0, top1=0.95, details={"history": []}
+    )
+    assert tuned["stage"] == "finetuned" and tuned["details"] == {"history": []}
+    assert all(tuned[k] == pruned[k] for k in results.records.CARRIED + ("method", "ratio", "target", "macs"))
+    assert (tuned["top1"], tuned["finetune_epochs"], tuned["finetune_seconds"]) == (0.95, 2, 4.0)
+
+
 def test_measurement_fields():
     m = {
         "params": 10,

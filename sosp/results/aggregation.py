@@ -1,10 +1,12 @@
 """Aggregation of records over seeds: every pruned record is paired with the unpruned model of its seed
 (reductions and accuracy changes are per seed), then means and sample standard deviations."""
+
 from __future__ import annotations
 
 import pandas as pd
 
-from .records import UNPRUNED, tidy
+from .collection import tidy
+from .records import UNPRUNED
 
 GROUP_COLUMNS = ("tier", "dataset", "arch", "variant", "method", "method_options", "target", "ratio", "stage")
 _PAIR = ["tier", "dataset", "arch", "variant", "seed"]
@@ -16,9 +18,11 @@ def _paired(df: pd.DataFrame) -> pd.DataFrame:
     data set, architecture and variant) and derived percent columns."""
     df = tidy(df)
     df = df.astype({c: float for c in ("params", "macs", "top1", "top5", "loss")})
-    base = (df[df["stage"].isin(UNPRUNED)][_PAIR + ["params", "macs", "top1"]]
-            .drop_duplicates(_PAIR, keep="last")
-            .rename(columns={"params": "_base_params", "macs": "_base_macs", "top1": "_base_top1"}))
+    base = (
+        df[df["stage"].isin(UNPRUNED)][_PAIR + ["params", "macs", "top1"]]
+        .drop_duplicates(_PAIR, keep="last")
+        .rename(columns={"params": "_base_params", "macs": "_base_macs", "top1": "_base_top1"})
+    )
     m = df.merge(base, on=_PAIR, how="left")
     m["_params_red"] = 100.0 * (1.0 - m["params"] / m["_base_params"])
     m["_macs_red"] = 100.0 * (1.0 - m["macs"] / m["_base_macs"])
@@ -47,26 +51,42 @@ def summary_table(df: pd.DataFrame) -> pd.DataFrame:
     m = _paired(df)
     if not len(m):
         return pd.DataFrame(columns=list(GROUP_COLUMNS) + _SUMMARY_VALUES)
-    out = (m.groupby(list(GROUP_COLUMNS), sort=False, dropna=False)
-           .agg(seeds=("seed", "nunique"),
-                achieved_fraction=("achieved_fraction", "mean"),
-                params=("params", "mean"),
-                params_reduction_pct=("_params_red", "mean"),
-                macs_M=("_macs_M", "mean"),
-                macs_reduction_pct=("_macs_red", "mean"),
-                top1_pct_mean=("_top1_pct", "mean"),
-                top1_pct_std=("_top1_pct", "std"),
-                top1_change_pp_mean=("_top1_change", "mean"),
-                top1_change_pp_std=("_top1_change", "std"),
-                top5_pct_mean=("_top5_pct", "mean"),
-                loss_mean=("loss", "mean"),
-                prune_seconds_mean=("prune_seconds", "mean"),
-                saliency_seconds_mean=("saliency_seconds", "mean"))
-           .reset_index())
+    out = (
+        m.groupby(list(GROUP_COLUMNS), sort=False, dropna=False)
+        .agg(
+            seeds=("seed", "nunique"),
+            achieved_fraction=("achieved_fraction", "mean"),
+            params=("params", "mean"),
+            params_reduction_pct=("_params_red", "mean"),
+            macs_M=("_macs_M", "mean"),
+            macs_reduction_pct=("_macs_red", "mean"),
+            top1_pct_mean=("_top1_pct", "mean"),
+            top1_pct_std=("_top1_pct", "std"),
+            top1_change_pp_mean=("_top1_change", "mean"),
+            top1_change_pp_std=("_top1_change", "std"),
+            top5_pct_mean=("_top5_pct", "mean"),
+            loss_mean=("loss", "mean"),
+            prune_seconds_mean=("prune_seconds", "mean"),
+            saliency_seconds_mean=("saliency_seconds", "mean"),
+        )
+        .reset_index()
+    )
     return out
 
 
-_SUMMARY_VALUES = ["seeds", "achieved_fraction", "params", "params_reduction_pct", "macs_M",
-                   "macs_reduction_pct", "top1_pct_mean", "top1_pct_std", "top1_change_pp_mean",
-                   "top1_change_pp_std", "top5_pct_mean", "loss_mean", "prune_seconds_mean",
-                   "saliency_seconds_mean"]
+_SUMMARY_VALUES = [
+    "seeds",
+    "achieved_fraction",
+    "params",
+    "params_reduction_pct",
+    "macs_M",
+    "macs_reduction_pct",
+    "top1_pct_mean",
+    "top1_pct_std",
+    "top1_change_pp_mean",
+    "top1_change_pp_std",
+    "top5_pct_mean",
+    "loss_mean",
+    "prune_seconds_mean",
+    "saliency_seconds_mean",
+]

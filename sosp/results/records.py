@@ -10,6 +10,7 @@ Units are part of every name or stated in :data:`COLUMNS`: ``params`` is a count
 ``top5`` are fractions in [0, 1] (tables show ``*_pct``, percent, and ``*_pp``, percentage points),
 ``loss`` is the mean cross-entropy in nats per sample, times end in ``_seconds`` or ``_ms``.
 """
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -17,14 +18,10 @@ import json
 import os
 import re
 import subprocess
+from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterable, Mapping
-
-import pandas as pd
-
-from ..errors import DataError
-from ..io import read_json, write_atomic
+from typing import Any
 
 SCHEMA_VERSION = 2
 STAGES = ("base", "pruned", "finetuned", "widened")
@@ -41,7 +38,7 @@ COLUMNS: dict[str, str] = {
     "dataset": "data set name (sosp.data registry)",
     "arch": "architecture name (sosp.models registry)",
     "variant": "network variant: 'original' (the registry's widths) or a widened network of the bottleneck "
-               "study, e.g. 'bottleneck-x2' (bottleneck layers x2) or 'uniform-x1.1' (every layer x1.1)",
+    "study, e.g. 'bottleneck-x2' (bottleneck layers x2) or 'uniform-x1.1' (every layer x1.1)",
     "seed": "random seed of training (integer); pruning and fine-tuning reuse it",
     "method": "pruning method (sosp.prune.METHODS); 'none' for unpruned models",
     "method_options": "method options as canonical JSON ('{}' = defaults)",
@@ -51,13 +48,13 @@ COLUMNS: dict[str, str] = {
     "achieved_fraction": "fraction of structures (channels) actually removed, in [0, 1]",
     "min_channels": "per-group floor that selection applied: channels every group keeps at least (count)",
     "min_fraction": "per-group floor that selection applied: fraction of every group's channels kept at least "
-                    "(the larger of the configured value and the method's own, e.g. 0.05 for EigenDamage/C-OBD)",
+    "(the larger of the configured value and the method's own, e.g. 0.05 for EigenDamage/C-OBD)",
     "normalize": "saliency normalisation that selection applied: none or cost (none where the method's "
-                 "scores cannot be divided by cost, e.g. random, layer-wise magnitude, EigenDamage)",
+    "scores cannot be divided by cost, e.g. random, layer-wise magnitude, EigenDamage)",
     "min_kept_fraction": "smallest fraction of its channels that any group keeps (EigenDamage: of its "
-                         "eigen-directions, any layer side), in [0, 1]; near 0 means a layer collapsed",
+    "eigen-directions, any layer side), in [0, 1]; near 0 means a layer collapsed",
     "removed_per_layer": "JSON object: each group (named after its first producer; EigenDamage: each layer's "
-                         "output side) -> fraction of its channels removed",
+    "output side) -> fraction of its channels removed",
     "samples": "calibration samples used for scoring (count)",
     "params": "number of parameters (count)",
     "macs": "multiply-accumulates per input image, batch 1 (count; torch FlopCounterMode / 2)",
@@ -82,8 +79,19 @@ COLUMNS: dict[str, str] = {
     "created_utc": "time the record was written (ISO 8601, UTC)",
     "schema_version": "version of this record layout",
 }
-_INTEGER_COLUMNS = ("seed", "samples", "min_channels", "params", "macs", "flops", "macs_fvcore", "train_epochs",
-                    "finetune_epochs", "threads", "schema_version")
+_INTEGER_COLUMNS = (
+    "seed",
+    "samples",
+    "min_channels",
+    "params",
+    "macs",
+    "flops",
+    "macs_fvcore",
+    "train_epochs",
+    "finetune_epochs",
+    "threads",
+    "schema_version",
+)
 KEY_COLUMNS = ("tier", "dataset", "arch", "variant", "seed", "method", "method_options", "ratio", "target", "stage")
 _LATENCY = re.compile(r"^latency_[a-z0-9]+_b\d+(_iqr)?_ms$")
 
@@ -105,10 +113,21 @@ def is_column(name: str) -> bool:
 # ---------------------------------------------------------------------------------------------------
 # building records
 # ---------------------------------------------------------------------------------------------------
-def make_record(stage: str, *, tier: str, dataset: str, arch: str, seed: int, variant: str = ORIGINAL,
-                method: str = NO_METHOD, ratio: float = 0.0, target: str = NO_METHOD,
-                method_options: Mapping | str | None = None, details: Mapping | None = None,
-                **fields: Any) -> dict:
+def make_record(
+    stage: str,
+    *,
+    tier: str,
+    dataset: str,
+    arch: str,
+    seed: int,
+    variant: str = ORIGINAL,
+    method: str = NO_METHOD,
+    ratio: float = 0.0,
+    target: str = NO_METHOD,
+    method_options: Mapping | str | None = None,
+    details: Mapping | None = None,
+    **fields: Any,
+) -> dict:
     """A complete record: every column of :data:`COLUMNS` present (``None`` where unknown).
 
     ``fields`` are further columns (``top1=...``, ``latency_cpu_b1_ms=...``); an unknown name is a
@@ -117,12 +136,22 @@ def make_record(stage: str, *, tier: str, dataset: str, arch: str, seed: int, va
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; known: {', '.join(STAGES)}")
     record: dict[str, Any] = {name: None for name in COLUMNS}
-    record.update(tier=tier, dataset=dataset, arch=arch, variant=variant or ORIGINAL, seed=int(seed), stage=stage,
-                  method=method or NO_METHOD, ratio=float(ratio or 0.0), target=target or NO_METHOD,
-                  method_options=canonical_options(method_options),
-                  torch_version=_torch_version(), git_commit=git_commit(),
-                  created_utc=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                  schema_version=SCHEMA_VERSION)
+    record.update(
+        tier=tier,
+        dataset=dataset,
+        arch=arch,
+        variant=variant or ORIGINAL,
+        seed=int(seed),
+        stage=stage,
+        method=method or NO_METHOD,
+        ratio=float(ratio or 0.0),
+        target=target or NO_METHOD,
+        method_options=canonical_options(method_options),
+        torch_version=_torch_version(),
+        git_commit=git_commit(),
+        created_utc=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        schema_version=SCHEMA_VERSION,
+    )
     record = update_record(record, **fields)
     if details:
         record["details"] = dict(details)
@@ -143,8 +172,7 @@ def update_record(record: Mapping, details: Mapping | None = None, **fields: Any
 
 def metric_fields(metrics: Mapping, split: str = "test") -> dict:
     """Record fields from ``sosp.train.evaluate``'s result."""
-    return {"top1": metrics.get("top1"), "top5": metrics.get("top5"), "loss": metrics.get("loss"),
-            "eval_split": split}
+    return {"top1": metrics.get("top1"), "top5": metrics.get("top5"), "loss": metrics.get("loss"), "eval_split": split}
 
 
 def removed_per_layer(report: Mapping) -> dict[str, float]:
@@ -152,8 +180,11 @@ def removed_per_layer(report: Mapping) -> dict[str, float]:
     (EigenDamage: ``per_layer`` with ``directions_out``/``kept_out``)."""
     if report.get("per_group"):
         return {r["group"]: r["removed"] / r["size"] for r in report["per_group"] if r["size"]}
-    return {r["layer"]: 1 - r["kept_out"] / r["directions_out"] for r in report.get("per_layer") or []
-            if r.get("directions_out")}
+    return {
+        r["layer"]: 1 - r["kept_out"] / r["directions_out"]
+        for r in report.get("per_layer") or []
+        if r.get("directions_out")
+    }
 
 
 def min_kept_fraction(report: Mapping) -> float | None:
@@ -161,29 +192,113 @@ def min_kept_fraction(report: Mapping) -> float | None:
         return report["min_kept_fraction"]
     if report.get("per_group"):
         return min((r["size"] - r["removed"]) / r["size"] for r in report["per_group"] if r["size"])
-    kept = [r[f"kept_{side}"] / r[f"directions_{side}"] for r in report.get("per_layer") or []
-            for side in ("in", "out") if r.get(f"directions_{side}")]
+    kept = [
+        r[f"kept_{side}"] / r[f"directions_{side}"]
+        for r in report.get("per_layer") or []
+        for side in ("in", "out")
+        if r.get(f"directions_{side}")
+    ]
     return min(kept) if kept else None
 
 
 def prune_fields(report: Mapping) -> dict:
     """Record fields from a ``PruneResult.report`` (the rest of the report goes to ``details``)."""
     per_layer = removed_per_layer(report)
-    return {"achieved_fraction": report.get("achieved_fraction"),
-            "min_channels": report.get("min_channels"), "min_fraction": report.get("min_fraction"),
-            "normalize": report.get("normalize"), "min_kept_fraction": min_kept_fraction(report),
-            "removed_per_layer": json.dumps({k: round(v, 6) for k, v in per_layer.items()}) if per_layer else None,
-            "saliency_seconds": report.get("saliency_seconds"),
-            "selection_seconds": report.get("selection_seconds"),
-            "prune_seconds": report.get("prune_seconds"),
-            "params": report.get("params_after"), "macs": report.get("macs_after")}
+    return {
+        "achieved_fraction": report.get("achieved_fraction"),
+        "min_channels": report.get("min_channels"),
+        "min_fraction": report.get("min_fraction"),
+        "normalize": report.get("normalize"),
+        "min_kept_fraction": min_kept_fraction(report),
+        "removed_per_layer": json.dumps({k: round(v, 6) for k, v in per_layer.items()}) if per_layer else None,
+        "saliency_seconds": report.get("saliency_seconds"),
+        "selection_seconds": report.get("selection_seconds"),
+        "prune_seconds": report.get("prune_seconds"),
+        "params": report.get("params_after"),
+        "macs": report.get("macs_after"),
+    }
+
+
+#: identity of a model, carried from the record of the model it was made from
+_IDENTITY = ("tier", "dataset", "arch", "variant")
+#: fields of the pruned record that the fine-tuned record keeps (the cost of getting there)
+CARRIED = (
+    "achieved_fraction",
+    "samples",
+    "saliency_seconds",
+    "selection_seconds",
+    "prune_seconds",
+    "train_epochs",
+    "min_channels",
+    "min_fraction",
+    "normalize",
+    "min_kept_fraction",
+    "removed_per_layer",
+)
+
+
+def pruned_record(
+    base: Mapping,
+    report: Mapping,
+    *,
+    seed: int,
+    method: str,
+    ratio: float,
+    target: str,
+    method_options: Mapping | None,
+    samples: int,
+    **fields: Any,
+) -> dict:
+    """The record of a one-shot pruned model: the identity and ``train_epochs`` of the model it was pruned
+    from (``base``, its record), the pruning settings, :func:`prune_fields` of ``report`` (a
+    ``PruneResult.report``) and ``fields`` (e.g. :func:`metric_fields`); ``details`` holds the resolved
+    options and the rest of the report but the scores."""
+    details = {k: v for k, v in report.items() if k not in ("scores", "options", "resolved_options")}
+    return make_record(
+        "pruned",
+        **{k: base.get(k) for k in _IDENTITY},
+        seed=seed,
+        method=method,
+        ratio=ratio,
+        target=target,
+        method_options=method_options,
+        samples=samples,
+        train_epochs=base.get("train_epochs"),
+        finetune_epochs=0,
+        **prune_fields(report),
+        **fields,
+        details={"method_options_resolved": report["resolved_options"], "prune_report": details},
+    )
+
+
+def finetuned_record(pruned: Mapping, *, seed: int, details: Mapping | None = None, **fields: Any) -> dict:
+    """The record of a fine-tuned model: the identity, pruning settings, :data:`CARRIED` fields and MACs of
+    the pruned model's record (``pruned``; fine-tuning changes no shape), and ``fields`` (``params``,
+    ``finetune_epochs``, ``finetune_seconds``, metrics)."""
+    return make_record(
+        "finetuned",
+        tier=pruned["tier"],
+        dataset=pruned["dataset"],
+        arch=pruned["arch"],
+        variant=pruned.get("variant"),
+        seed=seed,
+        method=pruned.get("method"),
+        ratio=pruned.get("ratio"),
+        target=pruned.get("target"),
+        method_options=pruned.get("method_options"),
+        **{k: pruned.get(k) for k in CARRIED},
+        macs=pruned.get("macs"),
+        details=details,
+        **fields,
+    )
 
 
 def measurement_fields(measurement: Mapping) -> dict:
     """Record fields from ``sosp.measure.measure``: counts, then one median/IQR column pair per
     (device type, batch size) latency entry, and the device description of the first entry."""
-    fields: dict[str, Any] = {k: measurement.get(k) for k in ("params", "macs", "flops", "macs_fvcore")
-                              if measurement.get(k) is not None}
+    fields: dict[str, Any] = {
+        k: measurement.get(k) for k in ("params", "macs", "flops", "macs_fvcore") if measurement.get(k) is not None
+    }
     for entry in measurement.get("latency") or []:
         device_type = _device_type(entry.get("device") or entry.get("device_name") or "cpu")
         batch = entry["batch_size"]
@@ -210,104 +325,6 @@ def method_label(method: str, options: str | Mapping | None = None) -> str:
     if not opts:
         return method
     return f"{method}[{','.join(f'{k}={v}' for k, v in sorted(opts.items()))}]"
-
-
-# ---------------------------------------------------------------------------------------------------
-# collecting records
-# ---------------------------------------------------------------------------------------------------
-def record_paths(paths: Iterable[str | os.PathLike]) -> list[Path]:
-    """Files as given, and every ``*.json`` below each directory given; sorted, no duplicates."""
-    found: set[Path] = set()
-    for p in map(Path, paths):
-        if p.is_dir():
-            found.update(q for q in p.rglob("*.json") if not q.name.startswith("."))
-        elif p.exists():
-            found.add(p)
-        else:
-            raise DataError(f"record file not found: {p}")
-    return sorted(found)
-
-
-def read_record(path: str | os.PathLike) -> dict:
-    try:
-        record = read_json(path)
-    except (OSError, ValueError) as exc:
-        raise DataError(f"cannot read record {path}: {exc}") from None
-    if not isinstance(record, dict):
-        raise DataError(f"record {path} is not a JSON object")
-    missing = [k for k in ("tier", "dataset", "arch", "seed", "stage") if k not in record]
-    if missing:
-        raise DataError(f"record {path} lacks field(s) {', '.join(missing)}")
-    if record["stage"] not in STAGES:
-        raise DataError(f"record {path} has unknown stage {record['stage']!r}")
-    return record
-
-
-def _with_layer_fields(record: dict) -> dict:
-    """Records written before ``removed_per_layer``/``min_kept_fraction`` existed get them from their
-    own ``details.prune_report`` (the same counts)."""
-    report = (record.get("details") or {}).get("prune_report")
-    if record.get("removed_per_layer") is None and report:
-        fields = prune_fields(report)
-        record = {**record, **{k: fields[k] for k in ("removed_per_layer", "min_kept_fraction")}}
-    return record
-
-
-def collect(paths: Iterable[str | os.PathLike]) -> pd.DataFrame:
-    """One row per record (files, or directories searched for ``*.json``), columns in canonical
-    order (latency columns after the known ones), ``details`` dropped; sorted by the key columns."""
-    rows = []
-    for path in record_paths(paths):
-        record = _with_layer_fields(read_record(path))
-        rows.append({k: (json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else v)
-                     for k, v in record.items() if k != "details"})
-    return tidy(pd.DataFrame(rows))
-
-
-def tidy(df: pd.DataFrame) -> pd.DataFrame:
-    """Canonical column order, defaults for missing key columns, stable sort."""
-    df = df.copy()
-    for name in COLUMNS:
-        if name not in df.columns:
-            df[name] = None
-    df["method"] = df["method"].fillna(NO_METHOD)
-    df["variant"] = df["variant"].fillna(ORIGINAL)  # schema version 1 records have no variant
-    df["target"] = df["target"].fillna(NO_METHOD)
-    df["method_options"] = df["method_options"].map(canonical_options)
-    df["ratio"] = pd.to_numeric(df["ratio"]).fillna(0.0).astype(float)
-    for name in _INTEGER_COLUMNS:  # nullable integers: no 256.0 in runs.csv where some rows lack a value
-        df[name] = pd.to_numeric(df[name]).round().astype("Int64")
-    for name in ("top1", "top5", "loss", "achieved_fraction", "min_fraction", "min_kept_fraction",
-                 "saliency_seconds", "selection_seconds",
-                 "prune_seconds", "train_seconds", "finetune_seconds"):
-        df[name] = pd.to_numeric(df[name]).astype(float)
-    latency = sorted((c for c in df.columns if _LATENCY.match(c)), key=_latency_order)
-    extra = sorted(c for c in df.columns if c not in COLUMNS and c not in latency)
-    df = df[list(COLUMNS) + latency + extra]
-    if len(df):
-        order = df["stage"].map({s: i for i, s in enumerate(STAGES)})
-        df = (df.assign(_stage=order, _variant=df["variant"] != ORIGINAL)
-              .sort_values(["tier", "dataset", "arch", "_variant", "variant", "method", "method_options",
-                            "target", "ratio", "_stage", "seed"], kind="stable")
-              .drop(columns=["_stage", "_variant"]).reset_index(drop=True))
-    return df
-
-
-def write_runs_csv(df: pd.DataFrame, path: str | os.PathLike) -> None:
-    """``runs.csv``: one row per record, written atomically."""
-    write_atomic(path, lambda tmp: df.to_csv(tmp, index=False))
-
-
-def read_runs_csv(path: str | os.PathLike) -> pd.DataFrame:
-    """``runs.csv`` back as the records DataFrame (the inverse of :func:`write_runs_csv`)."""
-    try:
-        df = pd.read_csv(path, dtype={"method_options": str})
-    except (OSError, ValueError) as exc:
-        raise DataError(f"cannot read {path}: {exc}") from None
-    missing = [k for k in ("tier", "dataset", "arch", "seed", "stage") if k not in df.columns]
-    if missing:
-        raise DataError(f"{path} lacks column(s) {', '.join(missing)}: is it a runs.csv?")
-    return tidy(df)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -346,12 +363,12 @@ def git_commit(where: str | os.PathLike | None = None) -> str | None:
     where = str(Path(where or Path(__file__).parent).resolve())
     if where not in _GIT:
         try:
-            head = subprocess.run(["git", "-C", where, "rev-parse", "HEAD"], capture_output=True,
-                                  text=True, timeout=10)
+            head = subprocess.run(["git", "-C", where, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
             commit = head.stdout.strip() if head.returncode == 0 else None
             if commit:
-                dirty = subprocess.run(["git", "-C", where, "status", "--porcelain", "--", "."],
-                                       capture_output=True, text=True, timeout=10)
+                dirty = subprocess.run(
+                    ["git", "-C", where, "status", "--porcelain", "--", "."], capture_output=True, text=True, timeout=10
+                )
                 if dirty.returncode == 0 and dirty.stdout.strip():
                     commit += "+dirty"
         except (OSError, subprocess.SubprocessError):

@@ -1,18 +1,21 @@
 """Tables from records: the seed summary, the paper-style comparison (one table per target, titled with
 what it holds equal) and the scoring times, each as Markdown, LaTeX and HTML."""
+
 from __future__ import annotations
 
 import math
-import re
 import os
+import re
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import pandas as pd
 
 from ..io import write_atomic
 from .aggregation import _SECTION, _paired, summary_table
-from .records import ORIGINAL, UNPRUNED, method_label, tidy
+from .collection import tidy
+from .records import ORIGINAL, UNPRUNED, method_label
+
 
 def _pm(mean: float, std: float, digits: int = 2, signed: bool = False) -> str:
     if mean is None or (isinstance(mean, float) and math.isnan(mean)):
@@ -33,19 +36,27 @@ def format_summary(summary: pd.DataFrame) -> pd.DataFrame:
     """Human-readable version of :func:`summary_table` (strings, units in the headers)."""
     rows = []
     for r in summary.itertuples(index=False):
-        rows.append({
-            "dataset": r.dataset, "arch": r.arch, "variant": r.variant,
-            "method": method_label(r.method, r.method_options),
-            "target": r.target, "ratio": _num(r.ratio, ".2f"), "stage": r.stage, "seeds": int(r.seeds),
-            "removed structures (%)": _num(100 * r.achieved_fraction, ".1f")
-            if r.achieved_fraction == r.achieved_fraction else "–",
-            "params (10^3)": _num(r.params / 1e3, ".1f"),
-            "params removed (%)": _num(r.params_reduction_pct, ".1f"),
-            "MACs (10^6)": _num(r.macs_M, ".3f"),
-            "MACs removed (%)": _num(r.macs_reduction_pct, ".1f"),
-            "top-1 (%)": _pm(r.top1_pct_mean, r.top1_pct_std),
-            "Δ top-1 vs base (pp)": _pm(r.top1_change_pp_mean, r.top1_change_pp_std, signed=True),
-        })
+        rows.append(
+            {
+                "dataset": r.dataset,
+                "arch": r.arch,
+                "variant": r.variant,
+                "method": method_label(r.method, r.method_options),
+                "target": r.target,
+                "ratio": _num(r.ratio, ".2f"),
+                "stage": r.stage,
+                "seeds": int(r.seeds),
+                "removed structures (%)": _num(100 * r.achieved_fraction, ".1f")
+                if r.achieved_fraction == r.achieved_fraction
+                else "–",
+                "params (10^3)": _num(r.params / 1e3, ".1f"),
+                "params removed (%)": _num(r.params_reduction_pct, ".1f"),
+                "MACs (10^6)": _num(r.macs_M, ".3f"),
+                "MACs removed (%)": _num(r.macs_reduction_pct, ".1f"),
+                "top-1 (%)": _pm(r.top1_pct_mean, r.top1_pct_std),
+                "Δ top-1 vs base (pp)": _pm(r.top1_change_pp_mean, r.top1_change_pp_std, signed=True),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -55,24 +66,29 @@ def _title(tier: str, dataset: str, arch: str, variant: str) -> str:
 
 
 def _sections(summary: pd.DataFrame):
-    summary = summary.assign(variant=summary["variant"].fillna(ORIGINAL)) if "variant" in summary else \
-        summary.assign(variant=ORIGINAL)
+    summary = (
+        summary.assign(variant=summary["variant"].fillna(ORIGINAL))
+        if "variant" in summary
+        else summary.assign(variant=ORIGINAL)
+    )
     for key, part in summary.groupby(_SECTION, sort=False):
         yield _title(*key), format_summary(part).drop(columns=["dataset", "arch", "variant"])
 
 
-_NOTE = ("Mean ± sample standard deviation over seeds. Reductions and Δ are paired per seed with the "
-         "unpruned model (base, or the widened network for a widened variant). MACs are "
-         "multiply-accumulates per image at batch 1 (FLOPs = 2 × MACs). `pruned` = one-shot, before "
-         "fine-tuning.")
+_NOTE = (
+    "Mean ± sample standard deviation over seeds. Reductions and Δ are paired per seed with the "
+    "unpruned model (base, or the widened network for a widened variant). MACs are "
+    "multiply-accumulates per image at batch 1 (FLOPs = 2 × MACs). `pruned` = one-shot, before "
+    "fine-tuning."
+)
 
 
 #: what a comparison at each target holds equal, for the table titles
-COMPARISON = {"structures": "equal structure ratio (every method removes the same fraction of channels; "
-                            "their MACs differ)",
-              "macs": "equal MACs (every method removes the same fraction of the base model's MACs)",
-              "params": "equal parameters (every method removes the same fraction of the base model's "
-                        "parameters)"}
+COMPARISON = {
+    "structures": "equal structure ratio (every method removes the same fraction of channels; their MACs differ)",
+    "macs": "equal MACs (every method removes the same fraction of the base model's MACs)",
+    "params": "equal parameters (every method removes the same fraction of the base model's parameters)",
+}
 
 
 def paper_sections(df: pd.DataFrame):
@@ -89,30 +105,42 @@ def paper_sections(df: pd.DataFrame):
         for target in sorted(pruned["target"].unique(), key=lambda t: (t != "structures", t)):
             rows = []
             if len(base):
-                rows.append({"method": f"unpruned ({base['stage'].iloc[0]})", "ratio": "–",
-                             "params (10^3)": _num(base["params"].mean() / 1e3, ".1f"), "params ↓ (%)": "–",
-                             "MACs (10^6)": _num(base["_macs_M"].mean(), ".3f"), "MACs ↓ (%)": "–",
-                             "min kept (%)": "–",
-                             "top-1 (%)": _pm(base["_top1_pct"].mean(), base["_top1_pct"].std()),
-                             "Δ top-1 (pp)": "–", "one-shot top-1 (%)": "–"})
+                rows.append(
+                    {
+                        "method": f"unpruned ({base['stage'].iloc[0]})",
+                        "ratio": "–",
+                        "params (10^3)": _num(base["params"].mean() / 1e3, ".1f"),
+                        "params ↓ (%)": "–",
+                        "MACs (10^6)": _num(base["_macs_M"].mean(), ".3f"),
+                        "MACs ↓ (%)": "–",
+                        "min kept (%)": "–",
+                        "top-1 (%)": _pm(base["_top1_pct"].mean(), base["_top1_pct"].std()),
+                        "Δ top-1 (pp)": "–",
+                        "one-shot top-1 (%)": "–",
+                    }
+                )
             runs_of = pruned[pruned["target"] == target]
             for (ratio, method, options), runs in runs_of.groupby(["ratio", "method", "method_options"], sort=True):
                 fine, shot = runs[runs["stage"] == "finetuned"], runs[runs["stage"] == "pruned"]
                 main = fine if len(fine) else shot
-                rows.append({
-                    "method": method_label(method, options),
-                    "ratio": _num(ratio, ".2f") + ("" if target == "structures" else f" ({target})"),
-                    "params (10^3)": _num(main["params"].mean() / 1e3, ".1f"),
-                    "params ↓ (%)": _num(main["_params_red"].mean(), ".1f"),
-                    "MACs (10^6)": _num(main["_macs_M"].mean(), ".3f"),
-                    "MACs ↓ (%)": _num(main["_macs_red"].mean(), ".1f"),
-                    "min kept (%)": _num(shot["_min_kept_pct"].mean(), ".1f") if len(shot) else "–",
-                    "top-1 (%)": _pm(fine["_top1_pct"].mean(), fine["_top1_pct"].std()) if len(fine) else "–",
-                    "Δ top-1 (pp)": _pm(fine["_top1_change"].mean(), fine["_top1_change"].std(), signed=True)
-                    if len(fine) else "–",
-                    "one-shot top-1 (%)": _pm(shot["_top1_pct"].mean(), shot["_top1_pct"].std())
-                    if len(shot) else "–",
-                })
+                rows.append(
+                    {
+                        "method": method_label(method, options),
+                        "ratio": _num(ratio, ".2f") + ("" if target == "structures" else f" ({target})"),
+                        "params (10^3)": _num(main["params"].mean() / 1e3, ".1f"),
+                        "params ↓ (%)": _num(main["_params_red"].mean(), ".1f"),
+                        "MACs (10^6)": _num(main["_macs_M"].mean(), ".3f"),
+                        "MACs ↓ (%)": _num(main["_macs_red"].mean(), ".1f"),
+                        "min kept (%)": _num(shot["_min_kept_pct"].mean(), ".1f") if len(shot) else "–",
+                        "top-1 (%)": _pm(fine["_top1_pct"].mean(), fine["_top1_pct"].std()) if len(fine) else "–",
+                        "Δ top-1 (pp)": _pm(fine["_top1_change"].mean(), fine["_top1_change"].std(), signed=True)
+                        if len(fine)
+                        else "–",
+                        "one-shot top-1 (%)": _pm(shot["_top1_pct"].mean(), shot["_top1_pct"].std())
+                        if len(shot)
+                        else "–",
+                    }
+                )
             yield f"{_title(*key)}: compared at {COMPARISON.get(target, target)}", pd.DataFrame(rows)
 
 
@@ -124,31 +152,50 @@ def timing_sections(df: pd.DataFrame):
     m = tidy(df)
     m = m[m["stage"] == "pruned"]
     for key, part in m.groupby(_SECTION, sort=False):
-        per_seed = (part.groupby(["method", "method_options", "seed"], sort=True)
-                    .agg(sal=("saliency_seconds", "mean"), prune=("prune_seconds", "mean"),
-                         samples=("samples", "max"))
-                    .reset_index())
-        agg = (per_seed.groupby(["method", "method_options"], sort=True)
-               .agg(sal_mean=("sal", "mean"), sal_std=("sal", "std"), prune_mean=("prune", "mean"),
-                    prune_std=("prune", "std"), samples=("samples", "max"), seeds=("seed", "nunique"))
-               .reset_index())
+        per_seed = (
+            part.groupby(["method", "method_options", "seed"], sort=True)
+            .agg(sal=("saliency_seconds", "mean"), prune=("prune_seconds", "mean"), samples=("samples", "max"))
+            .reset_index()
+        )
+        agg = (
+            per_seed.groupby(["method", "method_options"], sort=True)
+            .agg(
+                sal_mean=("sal", "mean"),
+                sal_std=("sal", "std"),
+                prune_mean=("prune", "mean"),
+                prune_std=("prune", "std"),
+                samples=("samples", "max"),
+                seeds=("seed", "nunique"),
+            )
+            .reset_index()
+        )
         taylor = agg[(agg["method"] == "taylor") & (agg["method_options"] == "{}")]["sal_mean"]
         ref = float(taylor.iloc[0]) if len(taylor) and taylor.iloc[0] > 0 else float("nan")  # NaN: no Taylor reference
-        rows = [{"method": method_label(r.method, r.method_options), "seeds": int(r.seeds),
-                 "samples": "–" if pd.isna(r.samples) else f"{int(r.samples)}",
-                 "saliency (s)": _pm(r.sal_mean, r.sal_std, 3), "prune (s)": _pm(r.prune_mean, r.prune_std, 3),
-                 "saliency / taylor (×)": _num(r.sal_mean / ref, ".2f")}
-                for r in agg.itertuples(index=False)]
+        rows = [
+            {
+                "method": method_label(r.method, r.method_options),
+                "seeds": int(r.seeds),
+                "samples": "–" if pd.isna(r.samples) else f"{int(r.samples)}",
+                "saliency (s)": _pm(r.sal_mean, r.sal_std, 3),
+                "prune (s)": _pm(r.prune_mean, r.prune_std, 3),
+                "saliency / taylor (×)": _num(r.sal_mean / ref, ".2f"),
+            }
+            for r in agg.itertuples(index=False)
+        ]
         if rows:
             yield _title(*key), pd.DataFrame(rows)
 
 
-_TIMING_NOTE = ("Wall-clock seconds of one pruning job's scoring (saliency) and of scoring + selection + "
-                "surgery (prune), on the job's device and threads; mean ± std over seeds. Saliencies are "
-                "computed once per (model, method) and shared by every ratio.")
-_PAPER_NOTE = ("Top-1 after fine-tuning, mean ± sample standard deviation over seeds; ↓ = reduction "
-               "relative to the unpruned model of the same seed; Δ = change of top-1 in percentage "
-               "points; one-shot = before fine-tuning. MACs per image at batch 1.")
+_TIMING_NOTE = (
+    "Wall-clock seconds of one pruning job's scoring (saliency) and of scoring + selection + "
+    "surgery (prune), on the job's device and threads; mean ± std over seeds. Saliencies are "
+    "computed once per (model, method) and shared by every ratio."
+)
+_PAPER_NOTE = (
+    "Top-1 after fine-tuning, mean ± sample standard deviation over seeds; ↓ = reduction "
+    "relative to the unpruned model of the same seed; Δ = change of top-1 in percentage "
+    "points; one-shot = before fine-tuning. MACs per image at batch 1."
+)
 
 #: table name -> (title, note, function of the records DataFrame yielding (section title, table))
 TABLES = {
@@ -168,13 +215,20 @@ def _markdown(title: str, note: str, sections) -> str:
     return "\n".join(parts).rstrip() + "\n"
 
 
-_LATEX_HEADERS = {"removed structures (%)": "removed structures (\\%)", "params (10^3)": "params ($10^3$)",
-                  "params removed (%)": "params removed (\\%)", "MACs (10^6)": "MACs ($10^6$)",
-                  "MACs removed (%)": "MACs removed (\\%)", "top-1 (%)": "top-1 (\\%)",
-                  "Δ top-1 vs base (pp)": "$\\Delta$ top-1 vs base (pp)",
-                  "params ↓ (%)": "params $\\downarrow$ (\\%)", "MACs ↓ (%)": "MACs $\\downarrow$ (\\%)",
-                  "Δ top-1 (pp)": "$\\Delta$ top-1 (pp)", "one-shot top-1 (%)": "one-shot top-1 (\\%)",
-                  "saliency / taylor (×)": "saliency / taylor ($\\times$)"}
+_LATEX_HEADERS = {
+    "removed structures (%)": "removed structures (\\%)",
+    "params (10^3)": "params ($10^3$)",
+    "params removed (%)": "params removed (\\%)",
+    "MACs (10^6)": "MACs ($10^6$)",
+    "MACs removed (%)": "MACs removed (\\%)",
+    "top-1 (%)": "top-1 (\\%)",
+    "Δ top-1 vs base (pp)": "$\\Delta$ top-1 vs base (pp)",
+    "params ↓ (%)": "params $\\downarrow$ (\\%)",
+    "MACs ↓ (%)": "MACs $\\downarrow$ (\\%)",
+    "Δ top-1 (pp)": "$\\Delta$ top-1 (pp)",
+    "one-shot top-1 (%)": "one-shot top-1 (\\%)",
+    "saliency / taylor (×)": "saliency / taylor ($\\times$)",
+}
 
 
 def _latex(note: str, sections) -> str:
@@ -198,12 +252,18 @@ def summary_latex(summary: pd.DataFrame) -> str:
 
 def _latex_cell(text: str) -> str:
     text = re.sub(r"([_%&#])", r"\\\1", text)
-    return (text.replace("±", "$\\pm$").replace("–", "--").replace("↓", "$\\downarrow$")
-            .replace("×", "$\\times$").replace("Δ", "$\\Delta$"))
+    return (
+        text.replace("±", "$\\pm$")
+        .replace("–", "--")
+        .replace("↓", "$\\downarrow$")
+        .replace("×", "$\\times$")
+        .replace("Δ", "$\\Delta$")
+    )
 
 
-def write_tables(summary: pd.DataFrame, markdown_path: str | os.PathLike,
-                 latex_path: str | os.PathLike | None = None) -> None:
+def write_tables(
+    summary: pd.DataFrame, markdown_path: str | os.PathLike, latex_path: str | os.PathLike | None = None
+) -> None:
     write_atomic(markdown_path, lambda tmp: tmp.write_text(summary_markdown(summary)))
     if latex_path is not None:
         write_atomic(latex_path, lambda tmp: tmp.write_text(summary_latex(summary)))
@@ -224,8 +284,12 @@ def _html(title: str, note: str, sections) -> str:
 TABLE_FORMATS = ("md", "tex", "html")
 
 
-def write_named_tables(df: pd.DataFrame, out_dir: str | os.PathLike, names: Iterable[str] | None = None,
-                       formats: Iterable[str] = TABLE_FORMATS) -> list[Path]:
+def write_named_tables(
+    df: pd.DataFrame,
+    out_dir: str | os.PathLike,
+    names: Iterable[str] | None = None,
+    formats: Iterable[str] = TABLE_FORMATS,
+) -> list[Path]:
     """Tables of :data:`TABLES` (default all) from the records ``df``: ``out_dir/<name>.md`` (Markdown),
     ``.tex`` (LaTeX, booktabs) and ``.html`` (for the Snakemake report)."""
     from ..errors import UnknownNameError
@@ -236,13 +300,12 @@ def write_named_tables(df: pd.DataFrame, out_dir: str | os.PathLike, names: Iter
             raise UnknownNameError("table", name, TABLES)
         title, note, sections = TABLES[name]
         sections = list(sections(df))
+        render = {"md": _markdown, "tex": lambda _title, note, sections: _latex(note, sections), "html": _html}
         for fmt in formats:
             path = Path(out_dir) / f"{name}.{fmt}"
-            render = {"md": lambda: _markdown(title, note, sections), "tex": lambda: _latex(note, sections),
-                      "html": lambda: _html(title, note, sections)}
             if fmt not in render:
                 raise UnknownNameError("table format", fmt, render)
-            text = render[fmt]()
+            text = render[fmt](title, note, sections)
             write_atomic(path, lambda tmp, text=text: tmp.write_text(text))
             paths.append(path)
     return paths
