@@ -266,21 +266,28 @@ def describe(
         for g in groups
         for p in g.producers
     ]
-    params_before, params_after = measure.count_params(base), measure.count_params(pruned)
-    macs_before, macs_after = measure.count_macs(base, example_input), measure.count_macs(pruned, example_input)
     return {
         "num_structures": total,
         "num_removed": sum(r["removed"] for r in per_group),
         "min_kept_fraction": min(((r["size"] - r["removed"]) / r["size"] for r in per_group), default=1.0),
         "achieved_fraction": sum(r["removed"] for r in per_group) / max(total, 1),
+        **cost_fields(base, pruned, example_input),
+        "per_group": per_group,
+        "per_layer": per_layer,
+    }
+
+
+def cost_fields(base: nn.Module, pruned: nn.Module, example_input: torch.Tensor) -> dict:
+    """Params and MACs before and after pruning, and the fractions removed (every method's report)."""
+    params_before, params_after = measure.count_params(base), measure.count_params(pruned)
+    macs_before, macs_after = measure.count_macs(base, example_input), measure.count_macs(pruned, example_input)
+    return {
         "params_before": params_before,
         "params_after": params_after,
         "macs_before": macs_before,
         "macs_after": macs_after,
         "params_fraction_removed": 1 - params_after / params_before,
         "macs_fraction_removed": 1 - macs_after / macs_before if macs_before else 0.0,
-        "per_group": per_group,
-        "per_layer": per_layer,
     }
 
 

@@ -273,8 +273,6 @@ def _report(model, pruned, example_input, layers) -> dict:
         )
     total = sum(r["directions_in"] + r["directions_out"] for r in per_layer)
     kept = sum(r["kept_in"] + r["kept_out"] for r in per_layer)
-    params_before, params_after = measure.count_params(model), measure.count_params(pruned)
-    macs_before, macs_after = measure.count_macs(model, example_input), measure.count_macs(pruned, example_input)
     kept_fractions = [
         r[f"kept_{side}"] / r[f"directions_{side}"]
         for r in per_layer
@@ -286,12 +284,7 @@ def _report(model, pruned, example_input, layers) -> dict:
         "num_removed": total - kept,
         "achieved_fraction": (total - kept) / max(total, 1),
         "min_kept_fraction": min(kept_fractions, default=1.0),
-        "params_before": params_before,
-        "params_after": params_after,
-        "macs_before": macs_before,
-        "macs_after": macs_after,
-        "params_fraction_removed": 1 - params_after / params_before,
-        "macs_fraction_removed": 1 - macs_after / macs_before if macs_before else 0.0,
+        **sosp_prune.cost_fields(model, pruned, example_input),
         "per_layer": per_layer,
     }
 
