@@ -48,3 +48,10 @@ def check_positive_int(name: str, value) -> int:
     if not is_positive_int(value):
         raise ConfigError(f"{name} must be a positive integer, got {value!r}")
     return value
+
+
+def check_non_negative_int(name: str, value) -> int:
+    """``value`` if it is an integer >= 0 (not a bool), else a :class:`ConfigError` naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"{name} must be an integer >= 0, got {value!r}")
+    return value

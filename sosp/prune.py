@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 
 from . import measure, saliency
-from .errors import ConfigError, UnsupportedModelError, check_positive_int
+from .errors import ConfigError, UnsupportedModelError, check_non_negative_int, check_positive_int
 from .structures import ChannelGroup, channel_groups, dependency_graph
 from .utils import eval_mode
 
@@ -387,8 +387,7 @@ def run_ratios(
     ``log``: where progress lines go (e.g. the CLI's logger)."""
     from . import methods
 
-    if isinstance(warmup_batches, bool) or not isinstance(warmup_batches, int) or warmup_batches < 0:
-        raise ConfigError(f"warmup_batches must be an integer >= 0, got {warmup_batches!r}")
+    check_non_negative_int("warmup_batches", warmup_batches)
     log = log or (lambda message: None)
     for ratio in ratios:
         check_ratio(ratio)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..errors import ConfigError
+from ..errors import ConfigError, check_non_negative_int
 from .args import add_run, positive_int
 from .common import input_record, load, log
 
@@ -55,8 +55,7 @@ def cmd_measure(args) -> None:
             f"give one --out (and one --record, if any) per --model: {len(args.model)} model(s), "
             f"{len(args.out)} --out, {len(args.record or [])} --record"
         )
-    if args.warmup < 0:
-        raise ConfigError(f"--warmup must be >= 0, got {args.warmup}")
+    check_non_negative_int("--warmup", args.warmup)
     devices = [] if args.no_latency else measure.latency_devices(args.device, args.gpu_latency)
     batches = () if args.no_latency else tuple(args.latency_batches)
     for i, (model_path, out) in enumerate(zip(args.model, args.out)):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..errors import ConfigError
+from ..errors import ConfigError, check_non_negative_int
 from .args import add_data, add_eval, add_run, fraction, key_text, positive_int, ratio
 from .common import base_record, data_options, evaluate, load, load_data, log, save, summary
 
@@ -89,8 +89,7 @@ def cmd_prune(args) -> None:
 
     from .. import data, methods, prune, results
 
-    if args.warmup_batches < 0:
-        raise ConfigError(f"--warmup-batches must be >= 0, got {args.warmup_batches}")
+    check_non_negative_int("--warmup-batches", args.warmup_batches)  # before the data is loaded
     if not len(args.ratio) == len(args.out) == len(args.record):
         raise ConfigError(
             f"give one --out and one --record per --ratio: {len(args.ratio)} ratio(s), "
