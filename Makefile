@@ -1,7 +1,8 @@
 # Two entry points, both self-contained on a fresh clone:
 #   make workflow   create .venv, install the suite, run the default Snakemake workflow
 #   make test       create .venv, install the suite with test extras, lint (make lint), run the test suite
-#   make lint       ruff (lint + format check), snakefmt --check, snakemake --lint (justified findings only)
+#   make lint       ruff (lint + format check), import contracts (lint-imports), snakefmt --check,
+#                   snakemake --lint (justified findings only)
 #   make test-fast  the same without the tests marked slow
 PYTHON ?= python3
 VENV   ?= .venv
@@ -28,6 +29,7 @@ figures: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/snakefmt --check Snakefile workflow/rules
 	$(BIN)/python workflow/lint.py
 

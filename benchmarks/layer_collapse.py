@@ -4,7 +4,7 @@ late VGG layers, and what does it cost the other methods and ResNet-20?
 For every architecture and seed a base model is trained with the default tier's recipe (digits,
 ``config/config.yaml``: ``dataset``, ``arch_options``, ``train``), or reused from the cache under
 ``work/benchmarks/layer_collapse/`` (git-ignored). Every method then prunes it one-shot through
-``sosp.prune.run_ratios`` exactly as the workflow's ``sosp prune`` does (calibration: ``prune.samples``
+``sosp.runner.run_ratios`` exactly as the workflow's ``sosp prune`` does (calibration: ``prune.samples``
 training images in batches of ``prune.score_batch_size``, shuffled with the run seed, no augmentation;
 ``target=structures``, ``min_channels``/``normalize`` from the tier), once per ``min_fraction``; each
 pruned model is evaluated on the test split (one-shot), fine-tuned with the tier's ``finetune`` recipe
@@ -39,7 +39,7 @@ import torch
 import yaml
 
 from benchmarks.common import environment, write_csv
-from sosp import data, models, prune, train
+from sosp import data, models, runner, selection, train
 from sosp.io import load_model, read_json, save_model, write_atomic, write_json
 
 OUT_DIR = ROOT / "results" / "benchmarks"
@@ -198,7 +198,7 @@ def run_base(arch: str, seed: int, tier: dict, bundle, args, env: dict) -> list[
             results = {}
             if todo:
                 t0 = time.perf_counter()
-                runs = prune.run_ratios(
+                runs = runner.run_ratios(
                     method,
                     copy.deepcopy(model),
                     calibration,
@@ -255,7 +255,7 @@ def run_base(arch: str, seed: int, tier: dict, bundle, args, env: dict) -> list[
                         1
                         for g in rep["per_group"]
                         if g["size"] - g["removed"]
-                        == prune.group_floor(g["size"], pc["min_channels"], rep.get("min_fraction", floor))
+                        == selection.group_floor(g["size"], pc["min_channels"], rep.get("min_fraction", floor))
                     ),
                     "kept_per_group": json.dumps({g["group"]: g["size"] - g["removed"] for g in rep["per_group"]}),
                     "prune_seconds": rep.get("prune_seconds"),

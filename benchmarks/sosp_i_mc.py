@@ -17,7 +17,7 @@ MC seed in ``range(--seeds)``. From the same ``g`` and ``G`` four saliency varia
 with the same variant of ``exact``:
 
 - ``sosp_i``: ``|g_s| + 1/2 sum_s' |G_ss'|`` (what ``sosp prune`` ranks; checked once against
-  :func:`sosp.saliency.score`),
+  :func:`sosp.runner.score`),
 - ``offdiag``: ``sum_{s' != s} |G_ss'|`` alone (the part of ``sosp_i`` that holds ``|.|`` of noisy
   off-diagonal entries),
 - ``diag``: ``|g_s| + 1/2 G_ss`` (no off-diagonal entries: positive sums of squares, no ``|.|`` bias),
@@ -36,7 +36,7 @@ that makes that mean 0.25 (rows ``condition=nonmax0.25``; ``exact`` recomputed f
 Metrics (each ``mc`` run against ``exact`` on the same calibration set): Spearman rank correlation;
 the overlap ``|B_mc & B_exact| / |B_exact|`` of the bottom-30% and bottom-50% sets (lowest saliency
 first: what a global pruning step removes); the same two after dividing by the MACs each structure
-frees (``normalize: cost``, :func:`sosp.prune.cost_per_structure`; the ImageNet tier's setting);
+frees (``normalize: cost``, :func:`sosp.selection.cost_per_structure`; the ImageNet tier's setting);
 ``abs_sum_inflation = sum_{s != s'} |G^mc_ss'| / sum_{s != s'} |G_ss'| - 1`` (the noise floor
 itself, relative to the off-diagonal mass); and the wall time of :func:`sosp.methods.sosp_i.sosp_i_terms`
 (``seconds``).
@@ -63,7 +63,7 @@ import torch  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
 from benchmarks import common  # noqa: E402
-from sosp import data, models, prune, saliency, train  # noqa: E402
+from sosp import data, models, runner, selection, train  # noqa: E402
 from sosp.methods.sosp_i import sosp_i_terms  # noqa: E402
 from sosp.structures import channel_groups, classifier_name, total_structures  # noqa: E402
 
@@ -200,7 +200,7 @@ def temperature_for(model, x, target: float) -> float:
 
 def costs_or_none(model, groups, example_input):
     try:
-        return torch.cat(prune.cost_per_structure(model, groups, example_input)).double()
+        return torch.cat(selection.cost_per_structure(model, groups, example_input)).double()
     except Exception as err:  # the cost columns are a side result: never lose the run for them
         common.log(f"  cost_per_structure failed ({type(err).__name__}: {err}); cost columns left empty")
         return None
@@ -306,9 +306,9 @@ def run_case(
     full = exact_scores[S][0]["sosp_i"]
     second_share = float((0.5 * G_ex.double().abs().sum(1)).sum() / full.sum())
     if check_score:
-        ref = torch.cat(saliency.score("sosp_i", model, groups, batches(), estimator="exact"))
+        ref = torch.cat(runner.score("sosp_i", model, groups, batches(), estimator="exact"))
         if not torch.allclose(ref, full, rtol=1e-4, atol=1e-12 + 1e-6 * float(full.abs().max())):
-            raise RuntimeError("sosp_i variant differs from sosp.saliency.score('sosp_i'): the script is stale")
+            raise RuntimeError("sosp_i variant differs from sosp.runner.score('sosp_i'): the script is stale")
     spread = confidence(model, x)
     base = {
         "model": arch,

@@ -10,9 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import pickle
 import tempfile
-import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -75,28 +73,18 @@ def save_model(path: str | os.PathLike, model: torch.nn.Module, meta: dict | Non
     write_atomic(path, lambda tmp: torch.save(payload, tmp))
 
 
-#: modules that held classes of saved models before they moved (``baselines/`` became ``sosp/methods/``)
-MOVED_MODULES = {"baselines.eigendamage": "sosp.methods.eigendamage"}
-
-
-class _Unpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str):
-        return super().find_class(MOVED_MODULES.get(module, module), name)
-
-
-_PICKLE = types.ModuleType("pickle")  # pickle, with module paths of moved classes translated
-_PICKLE.__dict__.update(
-    {k: v for k, v in vars(pickle).items() if not k.startswith("__")},
-    Unpickler=_Unpickler,
-    load=lambda file, **kw: _Unpickler(file, **kw).load(),
-)
-
-
 def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
-    """The model and metadata :func:`save_model` wrote (also from before a class moved: :data:`MOVED_MODULES`)."""
+    """The model and metadata :func:`save_model` wrote. A model saved by an older layout of the suite,
+    whose classes no longer exist at their saved paths, is refused naming the file and the class."""
     from .errors import DataError
 
     if not Path(path).exists():
         raise DataError(f"model file not found: {path}")
-    payload = torch.load(path, map_location=map_location, weights_only=False, pickle_module=_PICKLE)
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=False)
+    except (ModuleNotFoundError, AttributeError) as error:
+        raise DataError(
+            f"model file {path} refers to code that no longer exists ({error}); it was saved by an older "
+            "version of the suite: recreate it (e.g. rerun the workflow rule that wrote it)"
+        ) from None
     return payload["model"], payload.get("meta", {})

@@ -11,9 +11,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 import toy_models
 
-from sosp import measure, models, prune, saliency, structures
+from sosp import measure, models, runner, selection, structures
 from sosp.errors import ConfigError
-from sosp.methods import eigendamage, fisher, magnitude
+from sosp_baselines import eigendamage, fisher, magnitude
 
 KINDS = ["resnet", "vgg"]
 REL = 1e-8
@@ -43,7 +43,7 @@ def reproduce_sampled_labels(model, batches, seed):
 def test_random_is_uniform_and_seeded():
     model = toy_models.make("resnet")
     groups = structures.channel_groups(model, toy_data()[0][:1])
-    a, b, c = (saliency.score("random", model, groups, [], seed=s) for s in (3, 3, 4))
+    a, b, c = (runner.score("random", model, groups, [], seed=s) for s in (3, 3, 4))
     assert all(torch.equal(u, v) for u, v in zip(a, b))
     assert not all(torch.equal(u, v) for u, v in zip(a, c))
     assert all(((s >= 0) & (s < 1)).all() for s in a)
@@ -68,7 +68,7 @@ def test_magnitude_keeps_exactly_the_largest_l1_filters():
         model.conv.weight.copy_(torch.tensor(values)[:, None, None, None].expand(6, 1, 3, 3))
     x = torch.randn(1, 1, 6, 6)
     for scope in ("layerwise", "global"):
-        result = prune.run("magnitude", model.eval(), [], 0.5, example_input=x, scope=scope)
+        result = runner.run("magnitude", model.eval(), [], 0.5, example_input=x, scope=scope)
         assert result.removed == {"conv": [0, 3, 5]}
         kept = result.model.conv.weight[:, 0, 0, 0].tolist()
         assert kept == [-3.0, 1.0, 2.0]
@@ -92,9 +92,9 @@ def test_layerwise_magnitude_removes_the_same_fraction_of_every_group(name, rati
     model = models.create(name, num_classes=10, in_channels=1).eval()
     x = torch.randn(1, 1, 8, 8)
     groups = structures.channel_groups(model, x)
-    scores = saliency.score("magnitude", model, groups, [], scope="layerwise")
-    order = prune.removal_order(groups, scores)
-    removed = prune.as_removed(groups, order[: round(ratio * sum(g.size for g in groups))])
+    scores = runner.score("magnitude", model, groups, [], scope="layerwise")
+    order = selection.removal_order(groups, scores)
+    removed = selection.as_removed(groups, order[: round(ratio * sum(g.size for g in groups))])
     assert len({g.size for g in groups}) > 1, "groups of different sizes make the test meaningful"
     for g in groups:
         assert abs(len(removed.get(g.name, [])) - ratio * g.size) <= 1, (g.name, g.size)
@@ -139,7 +139,7 @@ def test_taylor_is_the_mean_over_minibatches_of_squared_gate_gradients(kind):
         c = torch.ones(sum(g.size for g in groups), dtype=torch.float64, requires_grad=True)
         (grad,) = torch.autograd.grad(gated_loss(model, groups, xb, yb, c), c)
         expected = expected + grad**2 / len(batches)
-    got = torch.cat(saliency.score("taylor", model, groups, batches))
+    got = torch.cat(runner.score("taylor", model, groups, batches))
     assert close(got, expected)
 
 
@@ -173,7 +173,7 @@ def test_cobd_equals_bruteforce_diagonal_fisher(kind):
             if len(params[p]) > 1:
                 total = total + params[p][1].detach() ** 2 * fisher[p][1]
         expected.append(total)
-    got = saliency.score("cobd", model, groups, batches, seed=5)
+    got = runner.score("cobd", model, groups, batches, seed=5)
     assert close(torch.cat(got), torch.cat(expected))
 
 
@@ -276,7 +276,7 @@ def test_eigenbasis_network_reproduces_the_original_outputs(kind):
     assert set(done) == set(layers)
     with torch.no_grad():
         assert close(full.eval()(x), model(x), rel=1e-10)
-    result = prune.run("eigendamage", model, batches, 0.0, example_input=x[:1])
+    result = runner.run("eigendamage", model, batches, 0.0, example_input=x[:1])
     assert result.report["params_after"] == result.report["params_before"]
     with torch.no_grad():
         assert close(result.model(x), model(x), rel=1e-10)
@@ -300,7 +300,7 @@ def test_eigendamage_shrinks_the_network_which_still_trains(kind, options):
     x, batches = toy_batches()
     options = dict(options)
     ratio = options.pop("ratio", 0.5)
-    result = prune.run("eigendamage", model, batches, ratio, example_input=x[:1], **options)
+    result = runner.run("eigendamage", model, batches, ratio, example_input=x[:1], **options)
     report = result.report
     assert report["params_after"] < report["params_before"] and report["macs_after"] < report["macs_before"]
     if options.get("target") == "params":
@@ -338,7 +338,7 @@ def test_bad_options_raise_config_errors(method, options, message):
     model = toy_models.make("vgg")
     x, batches = toy_batches()
     with pytest.raises(ConfigError, match=message):
-        prune.run(method, model, batches, 0.3, example_input=x[:1], **options)
+        runner.run(method, model, batches, 0.3, example_input=x[:1], **options)
 
 
 def test_taylor_iterative_alternates_removal_and_finetuning():
@@ -347,7 +347,7 @@ def test_taylor_iterative_alternates_removal_and_finetuning():
     x, batches = toy_batches()
     calls = []
     finetune = lambda m, b: calls.append(sum(p.numel() for p in m.parameters()))  # noqa: E731
-    result = prune.run(
+    result = runner.run(
         "taylor_iterative", model, batches, 0.4, example_input=x[:1], prune_every=2, per_step=2, finetune_fn=finetune
     )
     report = result.report
@@ -358,7 +358,7 @@ def test_taylor_iterative_alternates_removal_and_finetuning():
     with torch.no_grad():
         assert result.model(x).shape == (8, 5)
     # the built-in SGD fine-tuning runs too
-    prune.run("taylor_iterative", model, batches, 0.2, example_input=x[:1], prune_every=1)
+    runner.run("taylor_iterative", model, batches, 0.2, example_input=x[:1], prune_every=1)
 
 
 # -------------------------------------------------------------------------- every method, end to end
@@ -379,7 +379,7 @@ def arch(request):
 @pytest.mark.parametrize("method", METHODS)
 def test_every_method_prunes_every_architecture(arch, method):
     model, x, y = arch
-    result = prune.run(method, model, [(x[:3], y[:3]), (x[3:], y[3:])], 0.5, example_input=x[:1])
+    result = runner.run(method, model, [(x[:3], y[:3]), (x[3:], y[3:])], 0.5, example_input=x[:1])
     report = result.report
     assert report["params_after"] < report["params_before"] and report["macs_after"] < report["macs_before"]
     assert report["achieved_fraction"] > 0.3

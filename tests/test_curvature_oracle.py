@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 import toy_models
 
-from sosp import saliency, structures
+from sosp import runner, structures
 from sosp.methods.sosp_h import sosp_h_terms
 from sosp.methods.sosp_i import sosp_i_terms
 
@@ -124,9 +124,9 @@ def test_saliency_formulas_follow_the_spec(setup):
         "second_order": 0.5 * (G_bf @ ones).abs(),
     }
     for combine, expected in expected_h.items():
-        scores = torch.cat(saliency.score("sosp_h", model, groups, batches_of(x, y), combine=combine))
+        scores = torch.cat(runner.score("sosp_h", model, groups, batches_of(x, y), combine=combine))
         assert close(scores, expected), combine
-    scores_i = torch.cat(saliency.score("sosp_i", model, groups, batches_of(x, y)))
+    scores_i = torch.cat(runner.score("sosp_i", model, groups, batches_of(x, y)))
     assert close(scores_i, g_bf.abs() + 0.5 * G_bf.abs().sum(1))
     # absolute value after vs before summing: SOSP-I's sum of |G| bounds SOSP-H's |sum G|
     assert ((G_bf @ ones).abs() <= G_bf.abs().sum(1) + 1e-15).all()
@@ -175,7 +175,7 @@ def test_sosp_i_refuses_matrices_that_do_not_fit(setup):
 
     S = sum(g.size for g in groups)
     with pytest.raises(SospError, match=f"{S} x {S}"):
-        saliency.score("sosp_i", model, groups, batches_of(x, y), max_bytes=S * S * 8 - 1)
+        runner.score("sosp_i", model, groups, batches_of(x, y), max_bytes=S * S * 8 - 1)
 
 
 def test_unknown_method_and_option_are_clear_errors(setup):
@@ -183,8 +183,8 @@ def test_unknown_method_and_option_are_clear_errors(setup):
     from sosp.errors import ConfigError, UnknownNameError
 
     with pytest.raises(UnknownNameError, match="unknown saliency method 'sosp_x'"):
-        saliency.score("sosp_x", model, groups, batches_of(x, y))
+        runner.score("sosp_x", model, groups, batches_of(x, y))
     with pytest.raises(ConfigError, match="no option 'bogus'"):
-        saliency.score("sosp_h", model, groups, batches_of(x, y), bogus=1)
+        runner.score("sosp_h", model, groups, batches_of(x, y), bogus=1)
     with pytest.raises(ConfigError, match="combine"):
-        saliency.score("sosp_h", model, groups, batches_of(x, y), combine="sum")
+        runner.score("sosp_h", model, groups, batches_of(x, y), combine="sum")

@@ -4,7 +4,7 @@ import pytest
 import torch
 import toy_models
 
-from sosp import measure, models, prune, structures
+from sosp import measure, models, runner, selection, structures
 from sosp.errors import ConfigError
 
 
@@ -14,7 +14,7 @@ def gated_vs_pruned(model, x, ratio=0.3, seed=0):
     groups = structures.channel_groups(model, x[:1])
     gen = torch.Generator().manual_seed(seed)
     scores = [torch.rand(g.size, generator=gen) for g in groups]
-    result = prune.prune(model, groups, scores, ratio=ratio)
+    result = selection.prune(model, groups, scores, ratio=ratio)
     gates = structures.zero_gates(groups, result.removed, dtype=x.dtype)
     with torch.no_grad():
         with structures.gates_applied(model, groups, gates):
@@ -55,13 +55,13 @@ def test_min_channels_and_impossible_ratio():
     x = torch.randn(2, 1, 8, 8, dtype=torch.float64)
     groups = structures.channel_groups(model, x[:1])
     scores = [torch.zeros(g.size) for g in groups]
-    order = prune.removal_order(groups, scores, min_channels=2)
+    order = selection.removal_order(groups, scores, min_channels=2)
     assert len(order) == sum(g.size - 2 for g in groups)
     with pytest.raises(ConfigError, match="at most"):
-        prune.prune(model, groups, scores, ratio=0.99, min_channels=2)
+        selection.prune(model, groups, scores, ratio=0.99, min_channels=2)
     for bad in (-0.1, 1.0, 1.5):
         with pytest.raises(ConfigError, match=r"ratio must be in \[0, 1\)"):
-            prune.prune(model, groups, scores, ratio=bad)
+            selection.prune(model, groups, scores, ratio=bad)
 
 
 def test_global_ranking_removes_lowest_scores_first():
@@ -70,7 +70,7 @@ def test_global_ranking_removes_lowest_scores_first():
     groups = structures.channel_groups(model, x[:1])
     flat = torch.randperm(sum(g.size for g in groups), generator=torch.Generator().manual_seed(3)).double()
     scores = structures.split_flat(flat, groups)
-    result = prune.prune(model, groups, scores, ratio=0.25)
+    result = selection.prune(model, groups, scores, ratio=0.25)
     k = result.report["num_removed"]
     removed_scores = sorted(float(scores[i][c]) for i, g in enumerate(groups) for c in result.removed.get(g.name, []))
     assert removed_scores == sorted(flat.tolist())[:k]
@@ -83,14 +83,14 @@ def test_cost_targets_reach_the_requested_fraction_within_one_structure(target):
     x = torch.randn(1, 1, 8, 8)
     groups = structures.channel_groups(model, x)
     scores = [torch.rand(g.size) for g in groups]
-    result = prune.prune(model, groups, scores, ratio=0.4, target=target)
+    result = selection.prune(model, groups, scores, ratio=0.4, target=target)
     count = (lambda m: measure.count_macs(m, x)) if target == "macs" else measure.count_params
     base, after = count(model), count(result.model)
     assert after <= 0.6 * base
     # one structure fewer would miss the target: the search found the smallest k
-    order = prune.removal_order(groups, scores)
+    order = selection.removal_order(groups, scores)
     k = result.report["num_removed"]
-    fewer = prune.remove_channels(model, groups, prune.as_removed(groups, order[: k - 1]), x)
+    fewer = selection.remove_channels(model, groups, selection.as_removed(groups, order[: k - 1]), x)
     assert count(fewer) > 0.6 * base
 
 
@@ -98,15 +98,15 @@ def test_cost_normalisation_changes_the_ranking_by_cost():
     model = toy_models.make("resnet")
     x = torch.randn(1, 1, 8, 8, dtype=torch.float64)
     groups = structures.channel_groups(model, x)
-    costs = prune.cost_per_structure(model, groups, x)
+    costs = selection.cost_per_structure(model, groups, x)
     assert all((c > 0).all() for c in costs)
     cost = {g.name: c[0].item() for g, c in zip(groups, costs)}
     assert len(set(cost.values())) == len(groups), "distinct group costs make the ranking testable"
     # saliency sqrt(cost): ranked as it is, the cheapest channels go first; divided by the cost
     # (1 / sqrt(cost)), the most expensive go first
     scores = [c.sqrt() for c in costs]
-    plain = prune.prune(model, groups, scores, ratio=0.2)
-    by_cost = prune.prune(model, groups, scores, ratio=0.2, normalize="cost")
+    plain = selection.prune(model, groups, scores, ratio=0.2)
+    by_cost = selection.prune(model, groups, scores, ratio=0.2, normalize="cost")
 
     def could_lose_more(result):  # groups above the floor (min_channels=1) after the cut
         return [cost[g.name] for g in groups if len(result.removed.get(g.name, [])) < g.size - 1]
@@ -121,12 +121,12 @@ def test_run_records_scores_timings_and_layers():
     model = toy_models.make("resnet", dtype=torch.float32)
     x = torch.randn(8, 1, 8, 8)
     y = torch.randint(0, 5, (8,))
-    result = prune.run("sosp_h", model, [(x, y)], 0.3, example_input=x[:1])
+    result = runner.run("sosp_h", model, [(x, y)], 0.3, example_input=x[:1])
     report = result.report
     assert report["method"] == "sosp_h" and report["saliency_seconds"] > 0
     assert {"per_group", "per_layer", "scores", "params_after", "macs_after", "achieved_fraction"} <= set(report)
     assert set(report["scores"]) == {g["group"] for g in report["per_group"]}
-    assert "sosp_h" in prune.METHODS and "sosp_i" in prune.METHODS
+    assert report["method_package"].startswith("sosp-bench ")
 
 
 def test_run_ratios_scores_once_and_matches_run():
@@ -139,9 +139,9 @@ def test_run_ratios_scores_once_and_matches_run():
         calls.append(1)
         return [(x, y)]
 
-    results = prune.run_ratios("sosp_h", model, make_batches, [0.2, 0.4], example_input=x[:1])
+    results = runner.run_ratios("sosp_h", model, make_batches, [0.2, 0.4], example_input=x[:1])
     assert len(calls) == 1
     for ratio, result in zip([0.2, 0.4], results):
-        alone = prune.run("sosp_h", model, [(x, y)], ratio, example_input=x[:1])
+        alone = runner.run("sosp_h", model, [(x, y)], ratio, example_input=x[:1])
         assert result.removed == alone.removed
         assert result.report["ratio"] == ratio

@@ -8,7 +8,7 @@ import pytest
 import torch
 import toy_models
 
-from sosp import models, prune, results, structures
+from sosp import models, results, runner, selection, structures
 from sosp.errors import ConfigError, UnsupportedModelError
 
 
@@ -36,7 +36,7 @@ def _collapsing_scores(groups):
     [(256, 1, 0.0, 1), (256, 1, 0.05, 13), (256, 20, 0.05, 20), (10, 1, 0.2, 2), (3, 8, 0.0, 3), (64, 1, 0.25, 16)],
 )
 def test_group_floor(size, min_channels, min_fraction, floor):
-    assert prune.group_floor(size, min_channels, min_fraction) == floor
+    assert selection.group_floor(size, min_channels, min_fraction) == floor
 
 
 def test_floor_stops_layer_collapse():
@@ -44,12 +44,12 @@ def test_floor_stops_layer_collapse():
     x = torch.randn(1, 1, 8, 8)
     groups = structures.channel_groups(model, x)
     scores = _collapsing_scores(groups)
-    collapsed = prune.prune(model, groups, scores, ratio=0.5, example_input=x)
+    collapsed = selection.prune(model, groups, scores, ratio=0.5, example_input=x)
     last = collapsed.report["per_group"][-1]
     assert last["size"] - last["removed"] == 1, "without a floor the lowest-scoring group keeps one channel"
     assert collapsed.report["min_kept_fraction"] == pytest.approx(1 / last["size"])
 
-    floored = prune.prune(model, groups, scores, ratio=0.5, example_input=x, min_fraction=0.2)
+    floored = selection.prune(model, groups, scores, ratio=0.5, example_input=x, min_fraction=0.2)
     for row in floored.report["per_group"]:
         assert row["size"] - row["removed"] >= math.ceil(0.2 * row["size"])
     assert floored.report["min_kept_fraction"] >= 0.2
@@ -62,9 +62,9 @@ def test_floor_makes_high_ratio_impossible_with_a_clear_error():
     x = torch.randn(1, 1, 8, 8)
     groups = structures.channel_groups(model, x)
     with pytest.raises(ConfigError, match=r"min_fraction=0\.5"):
-        prune.prune(model, groups, _collapsing_scores(groups), ratio=0.6, example_input=x, min_fraction=0.5)
+        selection.prune(model, groups, _collapsing_scores(groups), ratio=0.6, example_input=x, min_fraction=0.5)
     with pytest.raises(ConfigError, match="min_fraction"):
-        prune.prune(model, groups, _collapsing_scores(groups), ratio=0.3, example_input=x, min_fraction=1.0)
+        selection.prune(model, groups, _collapsing_scores(groups), ratio=0.3, example_input=x, min_fraction=1.0)
 
 
 @pytest.mark.parametrize(
@@ -83,8 +83,8 @@ def test_floor_makes_high_ratio_impossible_with_a_clear_error():
     ],
 )
 def test_cost_normalisation_applies_only_to_global_saliencies(method, options, normalize):
-    assert prune.effective_selection(method, options, normalize="cost")["normalize"] == normalize
-    assert prune.effective_selection(method, options, normalize="none")["normalize"] == "none"
+    assert runner.effective_selection(method, options, normalize="cost")["normalize"] == normalize
+    assert runner.effective_selection(method, options, normalize="none")["normalize"] == "none"
 
 
 @pytest.mark.parametrize(
@@ -99,14 +99,14 @@ def test_cost_normalisation_applies_only_to_global_saliencies(method, options, n
     ],
 )
 def test_authors_floor_of_eigendamage_and_cobd(method, configured, applied):
-    assert prune.effective_selection(method, {}, min_fraction=configured)["min_fraction"] == applied
+    assert runner.effective_selection(method, {}, min_fraction=configured)["min_fraction"] == applied
 
 
 def test_random_with_cost_normalisation_is_unchanged_and_recorded_as_none():
     model = _vgg()
     x = torch.randn(1, 1, 8, 8)
     plain, costed = (
-        prune.run("random", model, _batches(), 0.5, example_input=x, normalize=n, seed=3) for n in ("none", "cost")
+        runner.run("random", model, _batches(), 0.5, example_input=x, normalize=n, seed=3) for n in ("none", "cost")
     )
     assert plain.removed == costed.removed
     assert costed.report["normalize"] == "none"
@@ -116,7 +116,7 @@ def test_cost_normalisation_changes_a_saliency_ranking_and_is_recorded():
     model = _vgg()
     x = torch.randn(1, 1, 8, 8)
     plain, costed = (
-        prune.run("magnitude", model, _batches(), 0.5, example_input=x, normalize=n, scope="global")
+        runner.run("magnitude", model, _batches(), 0.5, example_input=x, normalize=n, scope="global")
         for n in ("none", "cost")
     )
     assert plain.removed != costed.removed
@@ -126,7 +126,7 @@ def test_cost_normalisation_changes_a_saliency_ranking_and_is_recorded():
 def test_eigendamage_keeps_five_percent_per_layer_and_records_what_it_applied():
     model = _vgg()
     x = torch.randn(1, 1, 8, 8)
-    result = prune.run("eigendamage", model, _batches(), 0.7, example_input=x, normalize="cost")
+    result = runner.run("eigendamage", model, _batches(), 0.7, example_input=x, normalize="cost")
     report = result.report
     assert report["normalize"] == "none"
     assert report["min_fraction"] == 0.05
@@ -144,7 +144,7 @@ def test_eigendamage_floor_binds_at_a_high_ratio():
     (where 5 % is more than the single direction kept without a floor), else the test above proves nothing."""
     model = _vgg()
     x = torch.randn(1, 1, 8, 8)
-    report = prune.run("eigendamage", model, _batches(), 0.9, example_input=x).report
+    report = runner.run("eigendamage", model, _batches(), 0.9, example_input=x).report
     binding = [
         (r["layer"], s)
         for r in report["per_layer"]
@@ -162,7 +162,7 @@ def test_eigendamage_floor_binds_at_a_high_ratio():
 def test_cobd_applies_the_authors_floor():
     model = _vgg()
     x = torch.randn(1, 1, 8, 8)
-    result = prune.run("cobd", model, _batches(), 0.85, example_input=x)
+    result = runner.run("cobd", model, _batches(), 0.85, example_input=x)
     assert result.report["min_fraction"] == 0.05
     for row in result.report["per_group"]:
         assert row["size"] - row["removed"] >= math.ceil(0.05 * row["size"])
@@ -171,7 +171,7 @@ def test_cobd_applies_the_authors_floor():
 def test_record_fields_state_the_applied_selection():
     model = _vgg()
     x = torch.randn(1, 1, 8, 8)
-    report = prune.run("taylor", model, _batches(), 0.5, example_input=x, min_fraction=0.1).report
+    report = runner.run("taylor", model, _batches(), 0.5, example_input=x, min_fraction=0.1).report
     fields = results.prune_fields(report)
     assert (fields["min_channels"], fields["min_fraction"], fields["normalize"]) == (1, 0.1, "none")
     per_layer = json.loads(fields["removed_per_layer"])
@@ -184,8 +184,8 @@ def test_missing_mac_count_raises_instead_of_a_tiny_cost(monkeypatch):
     model = toy_models.make("vgg", dtype=torch.float32)
     x = torch.randn(1, 1, 8, 8)
     groups = structures.channel_groups(model, x)
-    real = prune._macs_per_module
+    real = selection._macs_per_module
     victim = groups[0].producers[0]
-    monkeypatch.setattr(prune, "_macs_per_module", lambda m, e: {k: v for k, v in real(m, e).items() if k != victim})
+    monkeypatch.setattr(selection, "_macs_per_module", lambda m, e: {k: v for k, v in real(m, e).items() if k != victim})
     with pytest.raises(UnsupportedModelError, match=victim.replace(".", r"\.")):
-        prune.cost_per_structure(model, groups, x)
+        selection.cost_per_structure(model, groups, x)

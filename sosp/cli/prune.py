@@ -11,9 +11,9 @@ from .common import base_record, data_options, evaluate, load, load_data, log, s
 
 
 def _methods_help() -> str:
-    from .. import methods  # when the help is shown: the methods import torch
+    from .. import registry  # when the help is shown: describing the methods imports them (and torch)
 
-    return methods.describe()
+    return registry.describe()
 
 
 def add_parser(sub) -> None:
@@ -26,7 +26,7 @@ def add_parser(sub) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--model", required=True, help="model file to prune (from `sosp train`)")
-    p.add_argument("--method", required=True, help="pruning method (sosp.methods; listed below)")
+    p.add_argument("--method", required=True, help="pruning method: any installed method (sosp.registry; listed below)")
     p.add_argument(
         "--ratio",
         required=True,
@@ -87,7 +87,7 @@ def add_parser(sub) -> None:
 def cmd_prune(args) -> None:
     import torch
 
-    from .. import data, methods, prune, results
+    from .. import data, registry, results, runner
 
     check_non_negative_int("--warmup-batches", args.warmup_batches)  # before the data is loaded
     if not len(args.ratio) == len(args.out) == len(args.record):
@@ -99,7 +99,7 @@ def cmd_prune(args) -> None:
     base = base_record(meta, args)
     data_opts = data_options(args, meta)
     seed = base.get("seed", 0) if args.seed is None else args.seed
-    method = methods.get(args.method)  # an unknown method or option fails before the data is loaded
+    method = registry.get(args.method)  # an unknown method or option fails before the data is loaded
     options = method.parse(args.option)
     bundle = load_data(data_opts, args.download)
     example = bundle.example_input[:1].to(args.device)
@@ -119,8 +119,8 @@ def cmd_prune(args) -> None:
         f"pruning with {args.method} to ratio(s) {', '.join(map(str, args.ratio))} of {args.target} "
         f"({args.samples} calibration samples, options {options or 'default'})"
     )
-    runs = prune.run_ratios(
-        args.method,
+    runs = runner.run_ratios(
+        method,
         model,
         calibration,
         args.ratio,

@@ -8,9 +8,10 @@ from collections.abc import Iterable, Sequence
 import torch
 import torch.nn as nn
 
+from sosp.batches import to_device
 from sosp.curvature import GRADIENT_AND_CURVATURE, ggn_ones_combinations, hessian_ones_combinations
 from sosp.errors import ConfigError, SospError
-from sosp.methods import Option, register, to_device
+from sosp.registry import Option, method
 from sosp.structures import ChannelGroup, split_flat
 
 # combine -> (the combinations a g + b G1 it needs, how they make the score). Each combination is one
@@ -72,7 +73,7 @@ def sosp_h_terms(
     return {"g": g, "Gv": gv, "num_samples": n}
 
 
-@register("sosp_h", options=(COMBINE, CURVATURE))
+@method("sosp_h", options=(COMBINE, CURVATURE))
 def sosp_h(model, groups, batches, *, combine: str, curvature: str) -> list[torch.Tensor]:
     """SOSP-H: ``|g_s| + 1/2 |(G 1)_s|``, one GGN-vector product per batch (docs/method.md section 4)."""
     combinations, make_score = SOSP_H_COMBINE[combine]

@@ -10,8 +10,9 @@ import torch
 import torch.nn as nn
 
 from sosp import curvature
+from sosp.batches import to_device
 from sosp.errors import ConfigError, SospError
-from sosp.methods import Option, register, to_device
+from sosp.registry import Option, method
 from sosp.structures import ChannelGroup, split_flat, total_structures
 
 ESTIMATOR = Option(
@@ -92,7 +93,7 @@ def sosp_i_terms(
     return {"g": g / n, "G": G / n, "num_samples": n}
 
 
-@register("sosp_i", options=(ESTIMATOR, MC_SAMPLES, SEED, MAX_BYTES))
+@method("sosp_i", options=(ESTIMATOR, MC_SAMPLES, SEED, MAX_BYTES))
 def sosp_i(
     model, groups, batches, *, estimator: str, mc_samples: int, seed: int, max_bytes: int | None
 ) -> list[torch.Tensor]:

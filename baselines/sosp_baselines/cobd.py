@@ -3,12 +3,12 @@
 
 Saliency of an output channel ``= sum_j W_ij^2 F_ij`` over its filter and bias, summed over the
 group's producers, with ``F`` the **exact** diagonal of the sampled-label Fisher
-(:mod:`sosp.methods.fisher`): per-sample weight gradients ``sum_t g_{n,t} a_{n,t}^T`` (unfolded patches
+(:mod:`sosp_baselines.fisher`): per-sample weight gradients ``sum_t g_{n,t} a_{n,t}^T`` (unfolded patches
 for conv) squared and averaged over samples, as their ``FisherDiagPruner`` (no K-FAC approximation).
 This is what ``torch.func.vmap(grad)`` would give, computed layer by layer from hooks so memory stays
 at one layer's per-sample gradients (chunked) instead of the whole model's. Their code divides by the
 number of batches instead of samples: a common scale, irrelevant for the ranking. Every group keeps
-at least 5 % of its channels (:data:`~sosp.methods.fisher.AUTHORS_MIN_FRACTION`), as their code.
+at least 5 % of its channels (:data:`~sosp_baselines.fisher.AUTHORS_MIN_FRACTION`), as their code.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ import torch
 import torch.nn as nn
 
 from sosp.errors import UnsupportedModelError
-from sosp.methods import Option, register
-from sosp.methods.fisher import AUTHORS_MIN_FRACTION, conv_patches, output_rows, sampled_fisher_passes
+from sosp.registry import Option, method
 from sosp.structures import ChannelGroup
+from sosp_baselines.fisher import AUTHORS_MIN_FRACTION, conv_patches, output_rows, sampled_fisher_passes
 
 CHUNK_ELEMENTS = 1 << 25  # per-sample gradients held at once
 
@@ -66,7 +66,7 @@ def fisher_diagonal(
     return {name: s / n for name, s in sums.items()}
 
 
-@register(
+@method(
     "cobd",
     min_fraction=AUTHORS_MIN_FRACTION,
     options=(Option("seed", int, 0, "seed of the sampled labels (sosp prune: the run's seed)"),),

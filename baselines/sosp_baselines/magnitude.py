@@ -9,7 +9,7 @@ are not counted, as in the paper.
 ``scope``:
 
 - ``layerwise`` (default, the paper's protocol): every group loses the same fraction of its channels.
-  Selection in :mod:`sosp.prune` is global, so the norms are turned into within-group *mid-point
+  Selection in :mod:`sosp.selection` is global, so the norms are turned into within-group *mid-point
   ranks* ``(rank - 1/2) / size`` in ``(0, 1)`` (rank 1 = smallest norm). A global cut at saliency
   ``t`` then takes ``round(t * size)`` channels of every group, so removing a fraction ``r`` of all
   structures takes ``r`` of each group up to rounding by one channel. (Deviation from ``rank/size``:
@@ -28,7 +28,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 
-from sosp.methods import Option, register
+from sosp.registry import Option, method
 from sosp.structures import ChannelGroup
 
 
@@ -65,7 +65,7 @@ SCOPE = Option(
 )
 
 
-@register("magnitude", options=(SCOPE,), cost_normalizable=lambda options: options["scope"] == "global")
+@method("magnitude", options=(SCOPE,), cost_normalizable=lambda options: options["scope"] == "global")
 def magnitude(model: nn.Module, groups: Sequence[ChannelGroup], batches, *, scope: str) -> list[torch.Tensor]:
     """Filter L1 norms (``global``) or their within-group ranks (``layerwise``); data is not read."""
     return [SCOPES[scope](filter_l1_norms(model, g)) for g in groups]

@@ -1,5 +1,5 @@
 """The eigenbasis of a layer's K-FAC factors and the layer reparameterised in it (EigenDamage's surgery,
-:mod:`sosp.methods.eigendamage`).
+:mod:`sosp_baselines.eigendamage`).
 
 ``A = Q_A diag(lambda_A) Q_A^T``, ``S = Q_S diag(lambda_S) Q_S^T``; :class:`EigenBasisLayer` is
 ``1x1 conv (Q_A^T, kept columns) -> core conv (W*, kept out x kept in, same kernel/stride/padding/
@@ -9,8 +9,8 @@ where the core conv pads, the zero padding is moved in front of that 1x1 conv so
 reaches the border taps too and the reparameterised layer is exact. Reparameterising a layer that is
 already in an eigenbasis folds the new rotations into its existing 1x1 convs.
 
-Saved models hold :class:`EigenBasisLayer` instances; models saved before it moved here refer to it as
-``sosp.methods.eigendamage.EigenBasisLayer``, which that module still provides.
+Saved models hold :class:`EigenBasisLayer` instances, so loading one imports this module by its class
+path (the suite itself never imports the baselines).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from sosp.methods.fisher import KFACFactors, bias_column_value
+from sosp_baselines.fisher import KFACFactors, bias_column_value
 
 
 @dataclass

@@ -1,26 +1,29 @@
-"""Global selection of the structures to remove, pruning targets, and physical surgery.
+"""The pruning kernel: global selection of the structures to remove, pruning targets, and physical
+surgery. It sits below every method (pruners use its selection and cost search) and knows no method
+by name: running a method is :mod:`sosp.runner`'s job.
 
 Selection ranks all ``S`` structures of all groups together by saliency, lowest first, and never takes
-a group below ``min_channels``. ``ratio`` means a fraction of structures (the paper's definition) or,
-with ``target="macs"``/``"params"``, a fraction of the base model's cost, reached by binary search on
-the number of removed structures with exact counts of the pruned model. Surgery is torch-pruning's.
+a group below its floor (:func:`group_floor`). ``ratio`` means a fraction of structures (the paper's
+definition) or, with ``target="macs"``/``"params"``, a fraction of the base model's cost, reached by
+binary search on the number of removed structures with exact counts of the pruned model
+(:func:`fewest_for_cost`). Surgery is torch-pruning's.
 """
 
 from __future__ import annotations
 
 import copy
-import itertools
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import torch
 import torch.nn as nn
 
-from . import measure, saliency
-from .errors import ConfigError, UnsupportedModelError, check_non_negative_int, check_positive_int
-from .structures import ChannelGroup, channel_groups, dependency_graph
+from . import measure
+from .errors import ConfigError, UnsupportedModelError, check_positive_int
+from .structures import ChannelGroup, dependency_graph
 from .utils import eval_mode
 
 TARGETS = ("structures", "macs", "params")
@@ -29,9 +32,29 @@ NORMALIZE = ("none", "cost")
 
 @dataclass
 class PruneResult:
+    """A pruned copy of the model, the removed structures (per group, or per method-specific unit) and
+    the report that becomes the record."""
+
     model: nn.Module
     removed: dict[str, list[int]]
     report: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PruneRequest:
+    """What a whole pruner (a method of kind ``pruner``) is asked to do: prune ``model`` to ``ratio`` of
+    ``target`` using the calibration ``batches`` (at most ``num_samples`` samples), keeping at least
+    :func:`group_floor` of every group. One object, so that a field added here never breaks a pruner."""
+
+    model: nn.Module
+    batches: Iterable
+    ratio: float
+    example_input: torch.Tensor
+    target: str = "structures"
+    num_samples: int | None = None
+    seed: int = 0
+    min_channels: int = 1
+    min_fraction: float = 0.0
 
 
 def check_ratio(ratio: float) -> float:
@@ -54,6 +77,26 @@ def group_floor(size: int, min_channels: int = 1, min_fraction: float = 0.0) -> 
     return min(size, max(min_channels, math.ceil(min_fraction * size - 1e-9)))
 
 
+def lowest_first(scores: Sequence[torch.Tensor], floors: Sequence[int]) -> list[tuple[int, int]]:
+    """Every removable ``(set index, item)`` of the score sets, lowest score first, never taking set ``i``
+    below ``floors[i]`` items. Ties are broken by position (set order, then item), so the order is
+    deterministic. The one selection rule of every method: channel groups here, EigenDamage's layer
+    sides in its own pruner."""
+    sizes = [len(s) for s in scores]
+    if not sizes or sum(sizes) == 0:
+        return []
+    flat = torch.cat([s.detach().double().cpu().flatten() for s in scores])
+    owner = [(i, item) for i, size in enumerate(sizes) for item in range(size)]
+    left = list(sizes)
+    chosen = []
+    for position in torch.sort(flat, stable=True).indices.tolist():  # stable: ties keep position order
+        i, item = owner[position]
+        if left[i] > floors[i]:
+            left[i] -= 1
+            chosen.append((i, item))
+    return chosen
+
+
 def removal_order(
     groups: Sequence[ChannelGroup],
     scores: Sequence[torch.Tensor],
@@ -61,25 +104,12 @@ def removal_order(
     min_fraction: float = 0.0,
     floors: Sequence[int] | None = None,
 ) -> list[tuple[int, int]]:
-    """Every removable ``(group index, channel)`` in the order they are removed (lowest saliency first).
-
-    No group goes below its floor (:func:`group_floor`, or ``floors`` given per group). Ties are
-    broken by position (group order, then channel), so the order is deterministic.
-    """
+    """Every removable ``(group index, channel)`` in the order they are removed (lowest saliency first,
+    :func:`lowest_first`); no group goes below its floor (:func:`group_floor`, or ``floors`` per group)."""
     min_channels, min_fraction = check_floor(min_channels, min_fraction)
     if floors is None:
         floors = [group_floor(g.size, min_channels, min_fraction) for g in groups]
-    flat = torch.cat([s.detach().double().cpu().flatten() for s in scores])
-    owner = [(gi, c) for gi, g in enumerate(groups) for c in range(g.size)]
-    order = sorted(range(len(owner)), key=lambda i: (flat[i].item(), i))
-    left = [g.size for g in groups]
-    chosen = []
-    for i in order:
-        gi, c = owner[i]
-        if left[gi] > floors[gi]:
-            left[gi] -= 1
-            chosen.append((gi, c))
-    return chosen
+    return lowest_first(scores, floors)
 
 
 def as_removed(groups: Sequence[ChannelGroup], order: Sequence[tuple[int, int]]) -> dict[str, list[int]]:
@@ -200,7 +230,14 @@ def prune(
         removed = as_removed(groups, order[:k])
         pruned = remove_channels(model, groups, removed, example_input)
     else:
-        k, removed, pruned = _search_cost_target(model, groups, order, ratio, target, example_input)
+        k, (removed, pruned) = fewest_for_cost(
+            model,
+            example_input,
+            ratio,
+            target,
+            len(order),
+            lambda k: _removal(model, groups, order[:k], example_input),
+        )
     report = describe(model, pruned, groups, removed, example_input)
     report.update(
         ratio=ratio,
@@ -229,26 +266,42 @@ def search_cost_target(evaluate: Callable[[int], float], n: int, goal: float) ->
     return lo
 
 
-def _search_cost_target(model, groups, order, ratio, target, example_input):
-    """Smallest ``k`` whose pruned model has at most ``(1 - ratio)`` of the base cost."""
+Built = TypeVar("Built")
+
+
+def fewest_for_cost(
+    model: nn.Module,
+    example_input: torch.Tensor,
+    ratio: float,
+    target: str,
+    n: int,
+    build: Callable[[int], tuple[nn.Module, Built]],
+) -> tuple[int, Built]:
+    """Fewest ``k`` of ``n`` ranked removals whose model (``build(k)`` returns it and what else the caller
+    needs) has at most ``(1 - ratio)`` of ``model``'s ``target`` cost, and what ``build(k)`` returned
+    besides the model (:func:`search_cost_target`; every method's cost target goes through here)."""
     base = target_cost(model, example_input, target)
-    cache: dict[int, tuple[dict, nn.Module, int]] = {}
+    cache: dict[int, tuple[Built, int]] = {}
 
     def evaluate(k: int) -> int:
         if k not in cache:
-            removed = as_removed(groups, order[:k])
-            pruned = remove_channels(model, groups, removed, example_input)
-            cache[k] = (removed, pruned, target_cost(pruned, example_input, target))
-        return cache[k][2]
+            pruned, built = build(k)
+            cache[k] = (built, target_cost(pruned, example_input, target))
+        return cache[k][1]
 
-    k = search_cost_target(evaluate, len(order), (1.0 - ratio) * base)
+    k = search_cost_target(evaluate, n, (1.0 - ratio) * base)
     if k is None:
         raise ConfigError(
             f"ratio {ratio} of {target} cannot be reached: removing every removable structure leaves "
-            f"{evaluate(len(order)) / base:.3f} of the base {target}"
+            f"{evaluate(n) / base:.3f} of the base {target}"
         )
-    removed, pruned, _ = cache[k]
-    return k, removed, pruned
+    return k, cache[k][0]
+
+
+def _removal(model, groups, order, example_input) -> tuple[nn.Module, tuple[dict, nn.Module]]:
+    removed = as_removed(groups, order)
+    pruned = remove_channels(model, groups, removed, example_input)
+    return pruned, (removed, pruned)
 
 
 def describe(
@@ -289,159 +342,3 @@ def cost_fields(base: nn.Module, pruned: nn.Module, example_input: torch.Tensor)
         "params_fraction_removed": 1 - params_after / params_before,
         "macs_fraction_removed": 1 - macs_after / macs_before if macs_before else 0.0,
     }
-
-
-# ---------------------------------------------------------------------------------------------
-# Running a method of sosp.methods by name (imported where used: its pruners import this module)
-
-
-def __getattr__(name: str):
-    if name == "METHODS":  # every method by name: sosp.methods.METHODS
-        from . import methods
-
-        return methods.METHODS
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def effective_selection(
-    method: str, options: dict, min_channels: int = 1, min_fraction: float = 0.0, normalize: str = "none"
-) -> dict:
-    """The selection settings a run of ``method`` really uses (and records): the floor is the larger
-    of the configured ``min_fraction`` and the method's own (EigenDamage and C-OBD keep 5 % per layer,
-    as their authors' code); ``normalize="cost"`` only where the method's scores are on a scale that
-    cost can divide (not ``random``, not layer-wise ``magnitude``, not whole pruners), else ``none``."""
-    from . import methods
-
-    if normalize not in NORMALIZE:
-        raise ConfigError(f"normalize must be one of {', '.join(NORMALIZE)}, got {normalize!r}")
-    min_channels, min_fraction = check_floor(min_channels, min_fraction)
-    entry = methods.get(method)
-    policy = entry.policy
-    return {
-        "min_channels": min_channels,
-        "min_fraction": max(min_fraction, policy.min_fraction),
-        "normalize": normalize if policy.normalizable(entry.resolve(options)) else "none",
-    }
-
-
-def run(
-    method: str,
-    model: nn.Module,
-    batches: Iterable,
-    ratio: float,
-    *,
-    example_input: torch.Tensor,
-    target: str = "structures",
-    min_channels: int = 1,
-    min_fraction: float = 0.0,
-    normalize: str = "none",
-    num_samples: int | None = None,
-    seed: int = 0,
-    **options,
-) -> PruneResult:
-    """Score with ``method`` on ``batches`` and prune to ``ratio``: the one call every rule makes."""
-    (result,) = run_ratios(
-        method,
-        model,
-        lambda: batches,
-        [ratio],
-        example_input=example_input,
-        target=target,
-        min_channels=min_channels,
-        min_fraction=min_fraction,
-        normalize=normalize,
-        num_samples=num_samples,
-        seed=seed,
-        **options,
-    )
-    return result
-
-
-def run_ratios(
-    method: str,
-    model: nn.Module,
-    make_batches: Callable[[], Iterable],
-    ratios: Sequence[float],
-    *,
-    example_input: torch.Tensor,
-    target: str = "structures",
-    min_channels: int = 1,
-    min_fraction: float = 0.0,
-    normalize: str = "none",
-    num_samples: int | None = None,
-    seed: int = 0,
-    warmup_batches: int = 0,
-    log: Callable[[str], None] | None = None,
-    **options,
-) -> list[PruneResult]:
-    """:func:`run` at several ratios. A channel-saliency method scores once (saliencies do not depend
-    on the ratio) and selects per ratio; ``prune_seconds`` of each result is the shared scoring time
-    plus its own selection and surgery. Whole pruners (kind ``pruner``) run once per ratio, each on
-    fresh batches from ``make_batches()``. The selection settings are those of
-    :func:`effective_selection`, and each report records them, the options given (``options``; a
-    saliency method's ``seed`` option defaults to the run's ``seed``) and every option the method ran
-    with (``resolved_options``: the given ones and the declared defaults).
-
-    ``warmup_batches``: untimed scoring passes on that many batches before the timed one (channel
-    methods), so one-off costs (lazy imports, first-call allocations) do not count against a method.
-    ``log``: where progress lines go (e.g. the CLI's logger)."""
-    from . import methods
-
-    check_non_negative_int("warmup_batches", warmup_batches)
-    log = log or (lambda message: None)
-    for ratio in ratios:
-        check_ratio(ratio)
-    entry = methods.get(method)
-    if entry.kind == "saliency" and "seed" in {o.name for o in entry.options} and "seed" not in options:
-        options["seed"] = seed
-    resolved = entry.resolve(options)
-    selection = effective_selection(method, options, min_channels, min_fraction, normalize)
-    recorded = {"method": method, "options": dict(options), "resolved_options": dict(resolved), "seed": seed}
-    if entry.kind == "pruner":
-        results = []
-        for ratio in ratios:
-            start = time.perf_counter()
-            result = entry.fn(
-                model,
-                make_batches(),
-                ratio,
-                example_input=example_input,
-                target=target,
-                num_samples=num_samples,
-                seed=seed,
-                min_channels=selection["min_channels"],
-                min_fraction=selection["min_fraction"],
-                **resolved,
-            )
-            result.report.update(recorded, prune_seconds=time.perf_counter() - start)
-            for key, value in selection.items():  # what was applied: the pruner's own report wins
-                result.report.setdefault(key, value)
-            results.append(result)
-        return results
-    t_groups = time.perf_counter()
-    groups = channel_groups(model, example_input)
-    grouping = time.perf_counter() - t_groups
-    if warmup_batches:
-        warm = list(itertools.islice(make_batches(), warmup_batches))
-        t0 = time.perf_counter()
-        saliency.score(method, model, groups, warm, num_samples=sum(len(y) for _, y in warm), **options)
-        log(f"warm-up scoring on {len(warm)} batch(es) ({time.perf_counter() - t0:.2f} s, not counted)")
-    start = time.perf_counter()
-    timings: dict = {}
-    scores = saliency.score(method, model, groups, make_batches(), num_samples=num_samples, timings=timings, **options)
-    scoring = grouping + time.perf_counter() - start
-    log(f"scored {sum(g.size for g in groups)} structures in {len(groups)} groups ({scoring:.2f} s)")
-    results = []
-    for ratio in ratios:
-        t0 = time.perf_counter()
-        result = prune(model, groups, scores, ratio=ratio, target=target, example_input=example_input, **selection)
-        result.report.update(timings)
-        result.report["scores"] = {g.name: s.tolist() for g, s in zip(groups, scores)}
-        result.report.update(
-            recorded,
-            prune_seconds=scoring + time.perf_counter() - t0,
-            warmup_batches=warmup_batches,
-            shared_scoring=len(ratios) > 1,
-        )
-        results.append(result)
-    return results

@@ -11,7 +11,7 @@ parameters (the paper accumulates them in train mode, from the gradients of its 
 Two schedules:
 
 - ``oneshot`` (default, the matched comparison): the saliency above, then the shared global
-  selection and surgery of :mod:`sosp.prune`.
+  selection and surgery of :mod:`sosp.selection`.
 - ``iterative`` (the paper's protocol), the whole pruning method ``taylor_iterative``: alternate
   (a) scoring on ``prune_every`` mini-batches, (b) physically removing the ``per_step``
   lowest-scoring structures (global ranking, at least ``min_channels`` kept per group) and
@@ -35,10 +35,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from sosp import prune as sosp_prune
+from sosp import selection
+from sosp.batches import limit_samples, to_device
 from sosp.curvature import scoring_mode
 from sosp.errors import ConfigError, SospError, check_positive_int
-from sosp.methods import Option, limit_samples, register, to_device
+from sosp.registry import Option, method
 from sosp.structures import ChannelGroup, channel_groups, gates_applied, split_flat, total_structures
 from sosp.utils import progress, train_mode
 
@@ -76,7 +77,7 @@ SCHEDULE = Option(
 )
 
 
-@register("taylor", options=(SCHEDULE,))
+@method("taylor", options=(SCHEDULE,))
 def taylor(model, groups, batches, *, schedule: str) -> list[torch.Tensor]:
     """Molchanov et al. (2019) one-shot: ``mean_m (dL_m/dc_s)^2``."""
     if schedule == "iterative":
@@ -124,48 +125,43 @@ def sgd_finetune(lr: float, momentum: float, weight_decay: float) -> Callable:
     return finetune
 
 
-@register("taylor_iterative", "pruner", options=ITERATIVE_OPTIONS)
+@method("taylor_iterative", "pruner", options=ITERATIVE_OPTIONS)
 def taylor_iterative(
-    model: nn.Module,
-    batches: Iterable,
-    ratio: float,
+    request: selection.PruneRequest,
     *,
-    example_input: torch.Tensor,
-    target: str,
-    num_samples: int | None,
-    seed: int,
-    min_channels: int,
-    min_fraction: float,
     prune_every: int,
     per_step: int | None,
     lr: float,
     momentum: float,
     weight_decay: float,
     finetune_fn: Callable | None,
-) -> sosp_prune.PruneResult:
+) -> selection.PruneResult:
     """Molchanov et al.'s iterative protocol: score, remove the lowest, fine-tune, repeat.
 
-    The steps and defaults are in the module docstring. ``model`` itself is left untouched; the
-    per-group floor is taken of the original group sizes. ``seed`` seeds the global RNG (dropout)
-    while fine-tuning, in a forked RNG state so the caller's stream is untouched.
+    The steps and defaults are in the module docstring. The request's model itself is left
+    untouched; the per-group floor is taken of the original group sizes. The request's ``seed`` seeds
+    the global RNG (dropout) while fine-tuning, in a forked RNG state so the caller's stream is
+    untouched.
     """
-    if target != "structures":
-        raise ConfigError(f"taylor_iterative removes a fraction of structures; target {target!r} is not supported")
-    sosp_prune.check_floor(min_channels, min_fraction)
+    if request.target != "structures":
+        raise ConfigError(
+            f"taylor_iterative removes a fraction of structures; target {request.target!r} is not supported"
+        )
+    min_channels, min_fraction = selection.check_floor(request.min_channels, request.min_fraction)
     check_positive_int("prune_every", prune_every)
     if per_step is not None:
         check_positive_int("per_step", per_step)
-    ratio = sosp_prune.check_ratio(ratio)
+    ratio = selection.check_ratio(request.ratio)
     with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        data = list(limit_samples(batches, num_samples))
+        torch.manual_seed(request.seed)
+        data = list(limit_samples(request.batches, request.num_samples))
         if not data:
             raise SospError("no calibration samples: the batches were empty")
         return _iterative_prune(
-            model,
+            request.model,
             data,
             ratio,
-            example_input[:1],
+            request.example_input[:1],
             prune_every,
             per_step,
             min_channels,
@@ -176,13 +172,13 @@ def taylor_iterative(
 
 def _iterative_prune(
     model, data, ratio, example_input, prune_every, per_step, min_channels, min_fraction, finetune_fn
-) -> sosp_prune.PruneResult:
+) -> selection.PruneResult:
     base_groups = channel_groups(model, example_input)
     total = total_structures(base_groups)
     goal = round(ratio * total)
     per_step = per_step or max(1, math.ceil(0.02 * total))
     alive = {g.name: list(range(g.size)) for g in base_groups}  # surviving original channel indices
-    floor_of = {g.name: sosp_prune.group_floor(g.size, min_channels, min_fraction) for g in base_groups}
+    floor_of = {g.name: selection.group_floor(g.size, min_channels, min_fraction) for g in base_groups}
     current, stream = copy.deepcopy(model), itertools.cycle(data)
     removed_count, steps, score_seconds = 0, 0, 0.0
     bar = progress(desc="taylor_iterative", total=goal, unit=" structure")
@@ -193,11 +189,11 @@ def _iterative_prune(
         scores = split_flat(taylor_importance(current, groups, chunk), groups)
         score_seconds += time.perf_counter() - start
         floors = [floor_of.get(g.name, min_channels) for g in groups]
-        order = sosp_prune.removal_order(groups, scores, floors=floors)[: min(per_step, goal - removed_count)]
+        order = selection.removal_order(groups, scores, floors=floors)[: min(per_step, goal - removed_count)]
         if not order:
             break  # every group is down to min_channels
-        removed_now = sosp_prune.as_removed(groups, order)
-        current = sosp_prune.remove_channels(current, groups, removed_now, example_input)
+        removed_now = selection.as_removed(groups, order)
+        current = selection.remove_channels(current, groups, removed_now, example_input)
         for name, idx in removed_now.items():
             drop = set(idx)
             alive[name] = [c for i, c in enumerate(alive[name]) if i not in drop]
@@ -208,7 +204,7 @@ def _iterative_prune(
     bar.close()
     removed = {g.name: sorted(set(range(g.size)) - set(alive[g.name])) for g in base_groups}
     removed = {name: idx for name, idx in removed.items() if idx}
-    report = sosp_prune.describe(model, current, base_groups, removed, example_input)
+    report = selection.describe(model, current, base_groups, removed, example_input)
     report.update(
         ratio=ratio,
         target="structures",
@@ -219,4 +215,4 @@ def _iterative_prune(
         prune_every=prune_every,
         saliency_seconds=score_seconds,
     )
-    return sosp_prune.PruneResult(model=current.eval(), removed=removed, report=report)
+    return selection.PruneResult(model=current.eval(), removed=removed, report=report)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from sosp.methods import Option, register
+from sosp.registry import Option, method
 
 
-@register(
+@method(
     "random",
     cost_normalizable=False,
     options=(Option("seed", int, 0, "seed of the draw (sosp prune: the run's seed)"),),

@@ -1,7 +1,7 @@
 """``eigendamage``: EigenDamage (Wang, Zhang, Wang, Grosse, "EigenDamage: Structured Pruning in the
 Kronecker-Factored Eigenbasis", ICML 2019), a whole pruner with its own surgery.
 
-The K-FAC factors ``A`` and ``S`` of every layer come from :func:`sosp.methods.fisher.kfac_factors`
+The K-FAC factors ``A`` and ``S`` of every layer come from :func:`sosp_baselines.fisher.kfac_factors`
 (sampled labels, channel-space ``A`` for convs). ``A = Q_A diag(lambda_A) Q_A^T``,
 ``S = Q_S diag(lambda_S) Q_S^T``; per kernel offset ``k`` ``W*_k = Q_S^T [W_k, b] Q_A``; importance
 ``I_ij = sum_k (W*_kij)^2 lambda_S,i lambda_A,j`` (the Fisher quadratic form of deleting that weight
@@ -9,11 +9,11 @@ in the eigenbasis); row sums score the output eigen-directions, column sums the 
 directions of all layers (every Conv2d/Linear except the classifier, as their code) form one global
 pool; the fraction ``ratio`` of them with the lowest importance is removed, keeping at least
 ``max(min_channels, ceil(min_fraction * n))`` of the ``n`` directions per side per layer;
-``min_fraction`` is at least 5 % (:data:`~sosp.methods.fisher.AUTHORS_MIN_FRACTION`), as their code's
+``min_fraction`` is at least 5 % (:data:`~sosp_baselines.fisher.AUTHORS_MIN_FRACTION`), as their code's
 ``prune_ratio_limit=0.95``. Each layer becomes :class:`EigenBasisLayer`:
 ``1x1 conv (Q_A^T, kept columns) -> core conv (W*, kept out x kept in, same kernel/stride/padding/
 dilation) -> 1x1 conv (Q_S, kept columns)`` (Linear layers: three Linear layers; built in
-:mod:`sosp.methods.eigenbasis`), kept only if it has no more parameters than the layer it replaces. All
+:mod:`sosp_baselines.eigenbasis`), kept only if it has no more parameters than the layer it replaces. All
 three are ordinary trainable modules (their ``fix_rotation=False`` default). A bias becomes the bias of the first 1x1 conv (the constant input
 column rotated); where the core conv pads, the zero padding is moved in front of that 1x1 conv so the
 rotated constant reaches the border taps too and the reparameterised layer is exact (their code pads
@@ -38,11 +38,13 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from sosp import measure
-from sosp import prune as sosp_prune
+from sosp import measure, selection
+from sosp.batches import limit_samples
 from sosp.errors import ConfigError, check_positive_int
-from sosp.methods import Option, limit_samples, register
-from sosp.methods.eigenbasis import (  # EigenBasisLayer: also the class path of models saved before it moved
+from sosp.registry import Option, method
+from sosp.structures import classifier_name
+from sosp.utils import progress
+from sosp_baselines.eigenbasis import (
     Eigenbasis,
     EigenBasisLayer,
     direction_counts,
@@ -50,9 +52,7 @@ from sosp.methods.eigenbasis import (  # EigenBasisLayer: also the class path of
     eigenbasis_layer,
     layer_core,
 )
-from sosp.methods.fisher import AUTHORS_MIN_FRACTION, kfac_factors
-from sosp.structures import classifier_name
-from sosp.utils import progress
+from sosp_baselines.fisher import AUTHORS_MIN_FRACTION, kfac_factors
 
 MODES = ("one_pass", "iterative")
 OPTIONS = (
@@ -155,25 +155,12 @@ def direction_order(
     scores: dict[str, LayerScores], min_channels: int = 1, min_fraction: float = AUTHORS_MIN_FRACTION
 ) -> list[tuple[str, str, int]]:
     """Every removable ``(layer, side, direction)``, lowest importance first (ties by position),
-    never taking a side of a layer below its floor (:func:`sosp.prune.group_floor`)."""
-    entries = [
-        (name, side, i, float(v))
-        for name, s in scores.items()
-        for side, imp in (("in", s.imp_in), ("out", s.imp_out))
-        for i, v in enumerate(imp)
-    ]
-    order = sorted(range(len(entries)), key=lambda j: (entries[j][3], j))
-    left = {
-        (name, side): len(imp) for name, s in scores.items() for side, imp in (("in", s.imp_in), ("out", s.imp_out))
-    }
-    floor = {key: sosp_prune.group_floor(n, min_channels, min_fraction) for key, n in left.items()}
-    chosen = []
-    for j in order:
-        name, side, i, _ = entries[j]
-        if left[name, side] > floor[name, side]:
-            left[name, side] -= 1
-            chosen.append((name, side, i))
-    return chosen
+    never taking a side of a layer below its floor (:func:`sosp.selection.group_floor`): the shared
+    :func:`sosp.selection.lowest_first` over every layer side."""
+    sides = [(name, side, imp) for name, s in scores.items() for side, imp in (("in", s.imp_in), ("out", s.imp_out))]
+    floors = [selection.group_floor(len(imp), min_channels, min_fraction) for _, _, imp in sides]
+    order = selection.lowest_first([imp for _, _, imp in sides], floors)
+    return [(sides[i][0], sides[i][1], direction) for i, direction in order]
 
 
 def reparameterise(
@@ -235,21 +222,14 @@ def _one_round(model, data, ratio_goal, total, example_input, seed, target, floo
 
 def _cost_target(model, scores, order, ratio, target, example_input):
     """Fewest removed directions whose model has at most ``(1 - ratio)`` of the base ``target``
-    (:func:`sosp.prune.search_cost_target`; cost falls with every removed direction except where a
+    (:func:`sosp.selection.fewest_for_cost`; cost falls with every removed direction except where a
     layer switches form)."""
-    goal = (1 - ratio) * sosp_prune.target_cost(model, example_input, target)
-    cache = {}
 
-    def evaluate(k):
-        if k not in cache:
-            pruned, done = reparameterise(model, scores, order[:k])
-            cache[k] = (pruned, done, sosp_prune.target_cost(pruned, example_input, target))
-        return cache[k][2]
+    def build(k):
+        pruned, done = reparameterise(model, scores, order[:k])
+        return pruned, (pruned, done)
 
-    k = sosp_prune.search_cost_target(evaluate, len(order), goal)
-    if k is None:
-        raise ConfigError(f"ratio {ratio} of {target} cannot be reached by EigenDamage on this model")
-    return cache[k][:2]
+    return selection.fewest_for_cost(model, example_input, ratio, target, len(order), build)[1]
 
 
 def _report(model, pruned, example_input, layers) -> dict:
@@ -284,35 +264,28 @@ def _report(model, pruned, example_input, layers) -> dict:
         "num_removed": total - kept,
         "achieved_fraction": (total - kept) / max(total, 1),
         "min_kept_fraction": min(kept_fractions, default=1.0),
-        **sosp_prune.cost_fields(model, pruned, example_input),
+        **selection.cost_fields(model, pruned, example_input),
         "per_layer": per_layer,
     }
 
 
-@register("eigendamage", "pruner", options=OPTIONS, cost_normalizable=False, min_fraction=AUTHORS_MIN_FRACTION)
+@method("eigendamage", "pruner", options=OPTIONS, cost_normalizable=False, min_fraction=AUTHORS_MIN_FRACTION)
 def eigendamage(
-    model: nn.Module,
-    batches: Iterable,
-    ratio: float,
+    request: selection.PruneRequest,
     *,
-    example_input: torch.Tensor,
-    target: str,
-    num_samples: int | None,
-    seed: int,
-    min_channels: int,
-    min_fraction: float,
     mode: str,
     steps: int,
     finetune_fn: Callable | None,
-) -> sosp_prune.PruneResult:
+) -> selection.PruneResult:
     """EigenDamage: remove the fraction ``ratio`` of all eigen-directions (or of the base model's
     params/MACs with ``target``, one-pass only) and reparameterise every layer that gets smaller.
 
     ``result.removed`` maps ``"<layer>:in"`` / ``"<layer>:out"`` to the removed eigen-direction indices
     (ascending eigenvalue order; last round only in iterative mode) of every reparameterised layer.
     """
-    if target not in sosp_prune.TARGETS:
-        raise ConfigError(f"target must be one of {', '.join(sosp_prune.TARGETS)}, got {target!r}")
+    model, example_input, target, seed = request.model, request.example_input[:1], request.target, request.seed
+    if target not in selection.TARGETS:
+        raise ConfigError(f"target must be one of {', '.join(selection.TARGETS)}, got {target!r}")
     rounds = 1
     if mode == "iterative":
         if target != "structures":
@@ -321,10 +294,9 @@ def eigendamage(
                 f"target {target!r} needs mode 'one_pass'"
             )
         rounds = check_positive_int("steps", steps)
-    ratio = sosp_prune.check_ratio(ratio)
-    floor = sosp_prune.check_floor(min_channels, min_fraction)
-    example_input = example_input[:1]
-    data = list(limit_samples(batches, num_samples))
+    ratio = selection.check_ratio(request.ratio)
+    floor = selection.check_floor(request.min_channels, request.min_fraction)
+    data = list(limit_samples(request.batches, request.num_samples))
     layers, _ = candidate_layers(model, example_input)
     total = sum(sum(direction_counts(layer)) for layer in layers.values())
     start = time.perf_counter()
@@ -351,4 +323,4 @@ def eigendamage(
         surgery_seconds=surgery_seconds,
         skipped_layers=skipped,
     )
-    return sosp_prune.PruneResult(model=pruned.eval(), removed=removed, report=report)
+    return selection.PruneResult(model=pruned.eval(), removed=removed, report=report)
