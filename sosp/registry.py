@@ -52,6 +52,8 @@ if TYPE_CHECKING:
     from .structures import ChannelGroup
 
 KINDS = ("saliency", "pruner")
+#: the loss terms through which calibration samples enter a score (sosp.calibration)
+CALIBRATION_TERMS = ("gradient", "curvature")
 #: the entry-point group under which every package declares its methods
 ENTRY_POINT_GROUP = "sosp.methods"
 #: positional parameters of each kind's function (the options follow as keyword-only parameters)
@@ -170,6 +172,7 @@ class Method:
     fn: SaliencyFn | PrunerFn
     options: tuple[Option, ...]
     policy: SelectionPolicy
+    calibration_terms: tuple[str, ...] = CALIBRATION_TERMS
     package: str | None = None
     version: str | None = None
 
@@ -211,22 +214,28 @@ def method(
     options: Sequence[Option] = (),
     cost_normalizable: bool | Callable[[dict], bool] | None = None,
     min_fraction: float = 0.0,
+    calibration_terms: Sequence[str] = CALIBRATION_TERMS,
 ) -> Callable[[SaliencyFn | PrunerFn], Method]:
     """Decorator: the function as a :class:`Method` named ``name``, with its options and
-    :class:`SelectionPolicy` (by default a saliency's scores may be divided by cost, a pruner's not).
-    Declare the result under :data:`ENTRY_POINT_GROUP` to make it a method of the suite.
+    :class:`SelectionPolicy` (by default a saliency's scores may be divided by cost, a pruner's not)
+    and the loss terms its score reads the calibration data through (``calibration_terms``, some of
+    :data:`CALIBRATION_TERMS`; ``()`` for a data-free method): :mod:`sosp.calibration` warns when
+    those rest on too few samples. Declare the result under :data:`ENTRY_POINT_GROUP` to make it a
+    method of the suite.
 
     The function takes :data:`POSITIONAL` of its kind, then exactly the declared options as keyword-only
     parameters, none with a default (the defaults are the options')."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-    options = tuple(options)
+    options, terms = tuple(options), tuple(calibration_terms)
     if cost_normalizable is None:
         cost_normalizable = kind == "saliency"
+    if not set(terms) <= set(CALIBRATION_TERMS):
+        raise ValueError(f"calibration_terms must be some of {CALIBRATION_TERMS}, got {terms}")
 
     def decorate(fn: SaliencyFn | PrunerFn) -> Method:
         _check_signature(name, kind, fn, options)
-        return Method(name, kind, fn, options, SelectionPolicy(cost_normalizable, min_fraction))
+        return Method(name, kind, fn, options, SelectionPolicy(cost_normalizable, min_fraction), terms)
 
     return decorate
 

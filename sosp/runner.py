@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Sequence
 import torch
 import torch.nn as nn
 
-from . import registry
+from . import calibration, registry
 from .batches import limit_samples
 from .errors import ConfigError, SospError, check_non_negative_int
 from .selection import NORMALIZE, PruneRequest, PruneResult, check_floor, check_ratio, prune
@@ -100,6 +100,18 @@ def effective_selection(
     }
 
 
+def _diagnose(entry, model, make_batches, num_samples, log) -> dict | None:
+    """:func:`sosp.calibration.diagnose` of the calibration samples, for a method that reads data."""
+    if not entry.calibration_terms:
+        return None
+    found = calibration.diagnose(model, limit_samples(make_batches(), num_samples), entry.calibration_terms)
+    terms = ", ".join(f"{t} {found[f'effective_samples_{t}']:.1f}" for t in entry.calibration_terms)
+    log(f"calibration: {found['samples']} samples, effective samples by term: {terms}")
+    for warning in found["warnings"]:
+        log(f"warning: {warning}")
+    return found
+
+
 def run(
     method: str | registry.Method,
     model: nn.Module,
@@ -110,7 +122,9 @@ def run(
     **settings,
 ) -> PruneResult:
     """Score with ``method`` on ``batches`` and prune to ``ratio``: :func:`run_ratios` at one ratio,
-    with the same keyword settings and options."""
+    with the same keyword settings and options. ``batches`` is read twice (the calibration
+    diagnostics, then the scoring), so a one-shot iterator is first turned into a list."""
+    batches = batches if isinstance(batches, (list, tuple)) else list(batches)
     (result,) = run_ratios(method, model, lambda: batches, [ratio], example_input=example_input, **settings)
     return result
 
@@ -138,8 +152,10 @@ def run_ratios(
     fresh batches from ``make_batches()``. The selection settings are those of
     :func:`effective_selection`, and each report records them, the options given (``options``; a
     method's ``seed`` option defaults to the run's ``seed``), every option the method ran with
-    (``resolved_options``: the given ones and the declared defaults) and the package that provided
-    the method (``method_package``).
+    (``resolved_options``: the given ones and the declared defaults), the package that provided
+    the method (``method_package``) and, for a method that reads data, the calibration diagnostics
+    (``calibration``: :func:`sosp.calibration.diagnose` on the same samples, untimed; its warnings go
+    to ``log`` too).
 
     ``warmup_batches``: untimed scoring passes on that many batches before the timed one (channel
     methods), so one-off costs (lazy imports, first-call allocations) do not count against a method.
@@ -159,6 +175,7 @@ def run_ratios(
         "options": dict(options),
         "resolved_options": dict(resolved),
         "seed": seed,
+        "calibration": _diagnose(entry, model, make_batches, num_samples, log),
     }
     if entry.kind == "pruner":
         results = []

@@ -129,7 +129,7 @@ def remove_channels(
     graph = dependency_graph(pruned, example_input)
     modules = dict(pruned.named_modules())
     for group in groups:
-        idxs = sorted(removed.get(group.name, ()))
+        idxs = group.channel_indices(removed.get(group.name, ()))  # a grouped conv's structure spans channels
         if not idxs:
             continue
         root = modules[group.name]
@@ -161,7 +161,7 @@ def cost_per_structure(
             total += per_module[name] / _channels(modules[name], out=out)
         if total <= 0:
             raise UnsupportedModelError(f"normalize='cost': removing a channel of group {g.name!r} frees no MACs")
-        costs.append(torch.full((g.size,), total, dtype=torch.float64))
+        costs.append(g.per_structure(torch.full((g.num_channels,), total, dtype=torch.float64)))
     return costs
 
 

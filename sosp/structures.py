@@ -1,22 +1,24 @@
 """Channel groups (from torch-pruning's dependency graph) and the gates that switch structures off.
 
 A *group* is a set of layers whose channels must be removed together; a *structure* is one channel
-index of one group. Groups come from ``torch_pruning.DependencyGraph`` so that no architecture needs
-a hand-written table. Every producer of a group (a conv/linear whose output channels belong to it)
-carries the group's gate: at the output of the BatchNorm that directly follows it, or at its own
+index of one group or, in a group that a grouped convolution reads or writes, one position within
+every one of the convolution's groups (as torch-pruning prunes grouped convolutions: each keeps
+equal, equally ordered groups). Groups come from ``torch_pruning.DependencyGraph`` so that no
+architecture needs a hand-written table. Every producer of a group (a conv/linear whose output
+channels belong to it) carries the group's gate: at the output of the BatchNorm that directly follows it, or at its own
 output where no BatchNorm follows. Every other BatchNorm of the group acts on the channel after that
 gate and maps a zero input to ``beta - gamma mu / sigma``, so it carries the same gate on its output
 too (docs/method.md section 1). Setting a gate to 0 then zeroes the channel everywhere, which is exactly
 what physical removal does. Layers for which no gate can do that (channel-mixing layers with
-parameters, grouped convolutions that are not depthwise, additive per-channel parameters) are refused
-with :class:`UnsupportedModelError` naming the layer.
+parameters, grouped convolutions whose grouping the group cannot follow, additive per-channel
+parameters) are refused with :class:`UnsupportedModelError` naming the layer.
 """
 
 from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -81,6 +83,14 @@ class ChannelGroup:
     only. ``gate_slices`` maps each such BatchNorm to ``(module channels, group channels)``: output
     channel ``module_channels[k]`` carries structure ``group_channels[k]``. Code that multiplies
     ``gated_modules`` by hand must handle ``normalized_modules`` through :func:`gates_applied`.
+
+    ``size`` is the number of structures. A structure is one channel (structure ``s`` is channel
+    ``s`` of every producer), except in a group that a grouped convolution reads or writes: there
+    ``structure_channels[s]`` lists the producer channels that structure ``s`` removes together (the
+    same position in every group of the convolution), every gate site is a BatchNorm in
+    ``normalized_modules`` with a ``gate_slices`` entry that repeats each structure over its
+    channels, and ``gated_modules`` is empty. :meth:`channel_indices` turns structures into the
+    channels that surgery removes.
     """
 
     name: str
@@ -90,6 +100,35 @@ class ChannelGroup:
     consumers: tuple[str, ...]
     normalized_modules: tuple[str, ...] = ()
     gate_slices: tuple[tuple[str, tuple[int, ...], tuple[int, ...]], ...] = ()
+    structure_channels: tuple[tuple[int, ...], ...] = ()
+
+    @property
+    def num_channels(self) -> int:
+        """Output channels of each producer (``size`` where every structure is one channel)."""
+        return sum(map(len, self.structure_channels)) if self.structure_channels else self.size
+
+    def channel_indices(self, structures: Iterable[int]) -> list[int]:
+        """The producer channels (sorted) that removing ``structures`` of this group removes: what
+        torch-pruning's surgery takes (``sosp.selection.remove_channels``)."""
+        structures = list(structures)
+        bad = [s for s in structures if not 0 <= s < self.size]
+        if bad:
+            raise IndexError(f"structures {bad} out of range for group {self.name!r} of {self.size} structures")
+        if not self.structure_channels:
+            return sorted(structures)
+        return sorted(c for s in structures for c in self.structure_channels[s])
+
+    def per_structure(self, per_channel: torch.Tensor) -> torch.Tensor:
+        """Sum a ``(..., num_channels)`` tensor over each structure's channels: ``(..., size)`` (e.g.
+        filter norms of the producers' output channels into one saliency per structure)."""
+        if not self.structure_channels:
+            return per_channel
+        owner = torch.empty(self.num_channels, dtype=torch.long)
+        for s, channels in enumerate(self.structure_channels):
+            owner[list(channels)] = s
+        shape = (*per_channel.shape[:-1], self.size)
+        out = torch.zeros(shape, dtype=per_channel.dtype, device=per_channel.device)
+        return out.index_add_(-1, owner.to(per_channel.device), per_channel)
 
 
 def classifier_name(model: nn.Module, example_input: torch.Tensor) -> str:
@@ -139,26 +178,27 @@ def channel_groups(model: nn.Module, example_input: torch.Tensor, unprunable: Se
     ignored = [modules[n] for n in keep_out]
     params = {p: n for n, p in model.named_parameters()}
     groups = []
-    grouped: dict[str, set[str]] = {}  # grouped conv -> producers of the groups it is in
+    refused: dict[str, tuple[str, set[str]]] = {}  # grouped conv -> (why, producers of the groups it breaks)
     for tp_group in graph.get_all_groups(ignored_layers=ignored, root_module_types=PRODUCER_TYPES):
         group, convs = _describe(tp_group, graph, names, order, params)
-        for name in convs:
-            grouped.setdefault(name, set()).update(group.producers)
+        for name, why in convs:
+            refused.setdefault(name, (why, set()))[1].update(group.producers)
         groups.append(group)
-    if grouped:
-        _refuse_grouped_convs(grouped, modules, order)
+    if refused:
+        _refuse_grouped_convs(refused, modules, order)
     groups.sort(key=lambda g: order[g.name])
     return ChannelGroups(groups, example_input=example_input[:1].detach())
 
 
 def _describe(
     tp_group, graph: tp.DependencyGraph, names: dict, order: dict, params: dict
-) -> tuple[ChannelGroup, list[str]]:
-    """The group, and the grouped (not depthwise) convs in it, which :func:`channel_groups` refuses."""
+) -> tuple[ChannelGroup, list[tuple[str, str]]]:
+    """The group, and ``(layer, why)`` for every grouped conv in it whose grouping the group's
+    structures cannot follow (:func:`channel_groups` refuses those, naming them)."""
     producers, consumers, normalized = [], [], []
-    sites: set[str] = set()  # each producer's gate site
+    sites: dict[str, nn.Module] = {}  # each producer's gate site
     batchnorms: dict[str, tuple[nn.Module, dict[int, int]]] = {}  # group channel -> BN channel
-    grouped: list[str] = []
+    grouped: list[tuple[str, nn.Module, dict[int, int], bool]] = []  # (name, conv, channels, output side)
     size = len(tp_group[0].idxs)
     root = names[tp_group[0].dep.target.module]
     for item in tp_group.items:
@@ -190,61 +230,170 @@ def _describe(
         if isinstance(module, BATCHNORM_BASE):
             batchnorms.setdefault(name, (module, {}))[1].update(channels)
             continue
-        if isinstance(module, CONV_TYPES) and _is_grouped(module) and name not in grouped:
-            grouped.append(name)
+        if isinstance(module, CONV_TYPES) and _is_grouped(module):
+            grouped.append((name, module, channels, is_out))
         if not isinstance(module, PRODUCER_TYPES):
             continue
         if is_out:
             if list(item.idxs) != list(range(size)):
                 raise UnsupportedModelError(f"producer {name!r} maps the group's channels out of order")
             producers.append(name)
-            sites.add(names[_gate_site(graph, module)])
+            site = _gate_site(graph, module)
+            sites[names[site]] = site
         elif name not in consumers:
             consumers.append(name)
     producers = sorted(set(producers), key=order.__getitem__)
-    # Every BatchNorm that is not a producer's gate site acts on the channel after a gate: it gets
-    # the gate on its output too, on its whole output where its channels are the group's, else on
-    # the group's slice of it.
-    gated = set(sites)
-    slices = []
-    for name, (module, channels) in batchnorms.items():
-        if name in sites:
-            continue
-        if _whole_width(channels, size, module.num_features):
-            gated.add(name)
-        else:
-            group_channels = tuple(sorted(channels))
-            slices.append((name, tuple(channels[k] for k in group_channels), group_channels))
-            normalized.append(name)
+    structure_of, refused = _grouped_structures(grouped, size, root)
+    if structure_of is not None and not refused:
+        refused = _refuse_unsliceable_sites(grouped, sites, normalized, root)
+    if structure_of is not None and not refused:
+        gated, normalized, slices, structure_channels = _grouped_gates(structure_of, sites, batchnorms, size)
+    else:
+        # Every BatchNorm that is not a producer's gate site acts on the channel after a gate: it
+        # gets the gate on its output too, on its whole output where its channels are the group's,
+        # else on the group's slice of it.
+        gated = set(sites)
+        slices = []
+        structure_channels = ()
+        for name, (module, channels) in batchnorms.items():
+            if name in sites:
+                continue
+            if _whole_width(channels, size, module.num_features):
+                gated.add(name)
+            else:
+                group_channels = tuple(sorted(channels))
+                slices.append((name, tuple(channels[k] for k in group_channels), group_channels))
+                normalized.append(name)
     slices.sort(key=lambda s: order[s[0]])
     group = ChannelGroup(
         name=producers[0],
-        size=size,
+        size=len(structure_channels) or size,
         gated_modules=tuple(sorted(gated, key=order.__getitem__)),
         producers=tuple(producers),
         consumers=tuple(sorted(consumers, key=order.__getitem__)),
         normalized_modules=tuple(sorted(normalized, key=order.__getitem__)),
         gate_slices=tuple(slices),
+        structure_channels=structure_channels,
     )
-    return group, grouped
+    return group, refused
 
 
-def _refuse_grouped_convs(grouped: dict[str, set[str]], modules: dict, order: dict) -> None:
+def _grouped_structures(
+    grouped: list[tuple[str, nn.Module, dict[int, int], bool]], size: int, root: str
+) -> tuple[list[int] | None, list[tuple[str, str]]]:
+    """Which structure each channel of a group belongs to where grouped convs read or write it
+    (``None`` where none does), and ``(conv, why)`` for each grouped conv the group cannot follow.
+
+    A conv with ``G`` groups keeps ``G`` equal groups, in order, after surgery only if every one of
+    its groups loses the channels at the same positions: torch-pruning's ``prune_in_channels``
+    keeps the first group's surviving positions for all groups, and output channels are removed as
+    rows of the weight. So the channels at one position ``p`` of every group of the conv (its channels
+    ``p + k * width / G``) are removed together, and channels tied by several grouped convs of the
+    group are one structure (union-find). This needs the conv's channels on that side to be exactly
+    the group's (else a structure would reach into other groups), and a conv that torch-pruning does
+    not take for depthwise (``groups == out_channels``: it would pair input channel ``i`` with output
+    channel ``i``)."""
+    if not grouped:
+        return None, []
+    parent = list(range(size))
+
+    def find(a: int) -> int:
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    refused: list[tuple[str, str]] = []
+    for name, conv, channels, is_out in grouped:
+        side, width = ("output", conv.out_channels) if is_out else ("input", conv.in_channels)
+        if conv.groups == conv.out_channels:
+            why = (
+                "torch-pruning takes a conv with groups == out_channels for depthwise and removes input "
+                f"channel i with output channel i, but this one has {conv.in_channels} inputs"
+            )
+        elif len(channels) != width or sorted(channels.values()) != list(range(width)):
+            why = (
+                f"its {side} channels are only partly those of the group rooted at {root!r} "
+                f"({len(set(channels.values()))} of {width}), and removing a position from every one of its "
+                "groups would remove channels of other groups too"
+            )
+        else:
+            block = width // conv.groups
+            channel_of = {m: r for r, m in channels.items()}
+            for position in range(block):
+                first = find(channel_of[position])
+                for k in range(1, conv.groups):
+                    parent[find(channel_of[position + k * block])] = first
+            continue
+        if all(n != name for n, _ in refused):
+            refused.append((name, why))
+    if refused:
+        return None, refused
+    components: dict[int, int] = {}
+    for r in range(size):  # structures numbered in the order of their first channel
+        components.setdefault(find(r), len(components))
+    return [components[find(r)] for r in range(size)], []
+
+
+def _refuse_unsliceable_sites(grouped, sites: dict[str, nn.Module], normalized: list[str], root: str) -> list:
+    """A structure that spans several channels reaches each channel through a ``gate_slices`` entry,
+    which :func:`gates_applied` applies to BatchNorms only: a producer with no BatchNorm after it, or
+    a channel LayerNorm (whose gate-weighted statistics take one gate per channel), cannot carry it."""
+    bare = sorted(name for name, module in sites.items() if not isinstance(module, BATCHNORM_BASE))
+    why = None
+    if bare:
+        why = (
+            f"in the group rooted at {root!r} its structures span several channels, whose gates only a "
+            f"BatchNorm can carry, and producer{'s' if len(bare) > 1 else ''} "
+            f"{', '.join(repr(n) for n in bare)} of that group {'have' if len(bare) > 1 else 'has'} "
+            "no BatchNorm after it"
+        )
+    elif normalized:
+        why = (
+            f"in the group rooted at {root!r} its structures span several channels, which the "
+            f"gate-weighted statistics of channel LayerNorm {normalized[0]!r} cannot follow"
+        )
+    if why is None:
+        return []
+    return [(name, why) for name in dict.fromkeys(name for name, *_ in grouped)]
+
+
+def _grouped_gates(structure_of: list[int], sites: dict[str, nn.Module], batchnorms: dict, size: int):
+    """``(gated, normalized, gate_slices, structure_channels)`` of a group whose structures span
+    several channels: every gate site and every other BatchNorm of the group (all BatchNorms, by
+    :func:`_refuse_unsliceable_sites`) multiplies each of its channels by the gate of that channel's
+    structure, a ``gate_slices`` entry ``(name, module channels, structure of each)``."""
+    slices = []
+    for name in set(sites) | set(batchnorms):
+        channels = batchnorms[name][1] if name in batchnorms else {k: k for k in range(size)}
+        group_channels = sorted(channels)
+        slices.append(
+            (name, tuple(channels[k] for k in group_channels), tuple(structure_of[k] for k in group_channels))
+        )
+    members: list[list[int]] = [[] for _ in range(max(structure_of) + 1)]
+    for channel, structure in enumerate(structure_of):
+        members[structure].append(channel)
+    return set(), [name for name, *_ in slices], slices, tuple(tuple(m) for m in members)
+
+
+def _refuse_grouped_convs(refused: dict[str, tuple[str, set[str]]], modules: dict, order: dict) -> None:
     """A conv with ``1 < groups`` that is not depthwise mixes the channels within each of its groups;
-    removing single channels of its input or output breaks that grouping (torch-pruning's surgery
-    then crashes or builds a different model). Name every such layer, and every layer that must be
-    declared unprunable so that no group contains it."""
+    its channels can only be removed at the same positions of every group (:func:`_grouped_structures`).
+    Name every grouped conv that a group cannot prune so, with the reason, and every layer that must be
+    declared unprunable so that no such group remains."""
     described = []
-    for name in sorted(grouped, key=order.__getitem__):
+    for name in sorted(refused, key=order.__getitem__):
         conv = modules[name]
-        described.append(f"{name!r} (groups={conv.groups}, {conv.in_channels} -> {conv.out_channels} channels)")
-    declare = sorted(set(grouped).union(*grouped.values()), key=order.__getitem__)
+        described.append(
+            f"{name!r} (groups={conv.groups}, {conv.in_channels} -> {conv.out_channels} channels): {refused[name][0]}"
+        )
+    declare = sorted(set().union(*(producers for _, producers in refused.values())), key=order.__getitem__)
+    plural = len(refused) > 1
     raise UnsupportedModelError(
-        f"grouped convolution{'s' if len(grouped) > 1 else ''} that {'are' if len(grouped) > 1 else 'is'} not "
-        f"depthwise: {', '.join(described)}. Removing single channels breaks the grouping, so gates and "
-        f"surgery cannot agree. Declare {', '.join(repr(n) for n in declare)} unprunable "
-        "(channel_groups(..., unprunable=[...]) or the model attribute sosp_unprunable), so that no "
-        "group contains a grouped convolution"
+        f"grouped convolution{'s' if plural else ''} that {'are' if plural else 'is'} not depthwise and "
+        f"cannot be pruned exactly: {'; '.join(described)}. Gates and surgery cannot agree there. Declare "
+        f"{', '.join(repr(n) for n in declare)} unprunable (channel_groups(..., unprunable=[...]) or the "
+        "model attribute sosp_unprunable), so that no group contains such a convolution"
     )
 
 

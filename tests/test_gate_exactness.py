@@ -4,6 +4,8 @@ Default-initialised BatchNorms map 0 to 0 (zero mean, unit variance, zero bias),
 placed before a BatchNorm. Here every BatchNorm gets random running statistics and affine
 parameters, every LayerNorm random affine parameters and every layer scale random values, so a
 zeroed channel that reaches a BatchNorm after its gate would read ``beta - gamma mu / sigma``, not 0.
+Grouped convolutions (RegNet, ResNeXt, toys) are pruned at the same position of every one of their
+groups, a structure of several channels whose gate is repeated over them.
 """
 
 import pytest
@@ -12,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import toy_models
 
-from sosp import curvature, models, prune, structures
+from sosp import curvature, models, selection, structures
 from sosp.errors import UnsupportedModelError
 
 FRACTION = 0.3
@@ -66,24 +68,38 @@ def gated_pruned_full(model: nn.Module, x: torch.Tensor, unprunable=(), seed: in
     groups = structures.channel_groups(model, x[:1], unprunable=unprunable)
     removed = random_removal(groups, seed)
     assert removed, "nothing to remove"
-    pruned = prune.remove_channels(model, groups, removed, x[:1]).eval()
+    pruned = selection.remove_channels(model, groups, removed, x[:1]).eval()
     gates = structures.zero_gates(groups, removed, dtype=x.dtype)
     with torch.no_grad():
         full = model(x)
         with structures.gates_applied(model, groups, gates):
             gated = model(x)
         after = pruned(x)
-    return gated, after, full, groups
+    return gated, after, full, groups, pruned
 
 
 def assert_gates_equal_removal(model: nn.Module, x: torch.Tensor, **kwargs):
-    gated, pruned, full, groups = gated_pruned_full(model, x, **kwargs)
+    gated, after, full, groups, pruned = gated_pruned_full(model, x, **kwargs)
     scale = gated.abs().max().item()
-    gap = (gated - pruned).abs().max().item()
+    gap = (gated - after).abs().max().item()
     assert gap <= RTOL * scale, f"gated and pruned outputs differ by {gap / scale:.3g} (relative)"
     # non-trivial: removing ~30% of every group changes the output
     assert (gated - full).abs().max().item() > 1e-2 * full.abs().max().item()
+    assert_grouping_kept(model, pruned)
     return groups
+
+
+def assert_grouping_kept(model: nn.Module, pruned: nn.Module) -> None:
+    """Surgery keeps the number of groups of every grouped conv that is not depthwise (a depthwise
+    conv keeps one group per channel), so pruned grouped convs are the same kind of layer."""
+    after = dict(pruned.named_modules())
+    for name, conv in model.named_modules():
+        if isinstance(conv, structures.CONV_TYPES) and conv.groups > 1:
+            new = after[name]
+            if conv.groups == conv.in_channels == conv.out_channels:
+                assert new.groups == new.in_channels == new.out_channels, name
+            else:
+                assert new.groups == conv.groups, name
 
 
 ZOO = [
@@ -94,6 +110,8 @@ ZOO = [
     ("timm:resnet50", True),
     ("timm:efficientnet_b0", False),
     ("timm:convnext_tiny", True),
+    ("torchvision:regnet_x_400mf", False),
+    ("torchvision:resnext50_32x4d", True),
 ]
 
 
@@ -114,6 +132,15 @@ def test_zoo_gates_equal_removal(name):
         assert depthwise, "depthwise convs are pruned with their group"
     if "densenet" in name:  # pre-activation BNs read concatenations of many groups
         assert any(g.gate_slices for g in groups)
+    if "regnet" in name or "resnext" in name:  # every grouped conv is pruned, on both sides
+        grouped = [n for n, m in modules.items() if isinstance(m, nn.Conv2d) and structures._is_grouped(m)]
+        assert grouped
+        for n in grouped:
+            (out_side,) = [g for g in groups if n in g.producers]
+            (in_side,) = [g for g in groups if n in g.consumers]
+            for g in (out_side, in_side):  # structure s: channels s, s + size, s + 2 size, ...
+                assert g.size == g.num_channels // modules[n].groups
+                assert g.structure_channels[1] == tuple(range(1, g.num_channels, g.size))
 
 
 @pytest.mark.parametrize(
@@ -128,7 +155,7 @@ def test_cifar_gates_equal_removal(name, options):
     assert_gates_equal_removal(model, x)
 
 
-@pytest.mark.parametrize("kind", ["resnet", "vgg", "dense", "mobile"])
+@pytest.mark.parametrize("kind", ["resnet", "vgg", "dense", "mobile", "grouped", "grouped_mix"])
 def test_toy_gates_equal_removal(kind):
     model = randomize(toy_models.make_more(kind))
     x = torch.randn(3, 1, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
@@ -171,7 +198,7 @@ def test_sliced_gates_shared_and_per_sample_agree():
     torch.testing.assert_close(per_sample, shared, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("kind", ["dense", "mobile"])
+@pytest.mark.parametrize("kind", ["dense", "mobile", "grouped_mix"])
 def test_curvature_paths_include_every_gate_site(kind):
     """SOSP-H's fused JVP/VJP (fast path for plain groups, generic path for groups with sliced or
     normalised sites) and per-sample Jacobians agree with a brute force through gates_applied."""
@@ -206,24 +233,63 @@ def test_curvature_paths_include_every_gate_site(kind):
     assert G1_bf.abs().max() > 0
 
 
-def test_grouped_conv_is_refused_naming_the_layer():
-    model = toy_models.make_more("grouped")
+def test_grouped_structures_are_one_position_in_every_group():
+    """A conv with G groups is pruned as torch-pruning prunes it: the channels at one position of all
+    G groups go together, on its input and on its output side, so the conv keeps G equal groups."""
     x = torch.randn(1, 1, 8, 8, dtype=torch.float64)
-    with pytest.raises(UnsupportedModelError, match=r"'conv2' \(groups=2, 4 -> 6 channels\)") as info:
-        structures.channel_groups(model, x)
-    assert "Declare 'conv1', 'conv2' unprunable" in str(info.value)
-    # a depthwise conv with a channel multiplier (groups = in_channels < out_channels) is grouped too
-    multiplier = nn.Sequential(
-        nn.Conv2d(1, 4, 3),
-        nn.BatchNorm2d(4),
-        nn.Conv2d(4, 8, 3, groups=4),
+    groups = {g.name: g for g in structures.channel_groups(toy_models.make_more("grouped"), x)}
+    inputs, outputs = groups["conv1"], groups["conv2"]  # conv2: 4 -> 6 channels, 2 groups
+    assert (inputs.size, inputs.num_channels, inputs.structure_channels) == (2, 4, ((0, 2), (1, 3)))
+    assert (outputs.size, outputs.num_channels, outputs.structure_channels) == (3, 6, ((0, 3), (1, 4), (2, 5)))
+    # every gate site carries the gate of each channel's structure
+    assert outputs.gated_modules == () and outputs.gate_slices == (("bn2", (0, 1, 2, 3, 4, 5), (0, 1, 2, 0, 1, 2)),)
+    assert outputs.channel_indices([2, 0]) == [0, 2, 3, 5]
+    torch.testing.assert_close(outputs.per_structure(torch.arange(6.0)), torch.tensor([3.0, 5.0, 7.0]))
+    assert groups["conv3"].structure_channels == () and groups["conv3"].channel_indices([4, 1]) == [1, 4]
+
+    mix = {g.name: g for g in structures.channel_groups(toy_models.make_more("grouped_mix"), x)}
+    # read by convs of 2 and 3 groups: a structure is a position of both groupings (every 6th channel)
+    assert mix["conv1"].structure_channels == ((0, 2, 4, 6, 8, 10), (1, 3, 5, 7, 9, 11))
+    assert mix["conv2"].producers == ("conv2", "conv3", "dw", "res") and mix["conv2"].size == 2
+    # a depthwise conv with a channel multiplier has one input per group: no input can go alone
+    assert mix["conv5"].size == 1 and mix["mult"].structure_channels[0] == tuple(range(0, 16, 2))
+
+
+def test_grouped_conv_that_cannot_be_followed_is_refused_naming_the_layer():
+    x = torch.randn(1, 1, 8, 8, dtype=torch.float64)
+    # each group of the conv is a different producer's channels: a position spans two groups
+    with pytest.raises(
+        UnsupportedModelError, match=r"'conv' \(groups=2, 8 -> 6 channels\): its input channels"
+    ) as info:
+        structures.channel_groups(toy_models.make_more("grouped_concat"), x)
+    assert "Declare 'conv_a', 'conv_b' unprunable" in str(info.value)
+    # no BatchNorm after the grouped conv to carry gates repeated over a structure's channels
+    with pytest.raises(UnsupportedModelError, match=r"'conv2' \(groups=2, 4 -> 6 channels\).*no BatchNorm") as info:
+        structures.channel_groups(toy_models.make_more("grouped_bare"), x)
+    assert "Declare 'conv2' unprunable" in str(info.value)
+    # groups == out_channels < in_channels: torch-pruning would prune it as a depthwise conv
+    fan_in = nn.Sequential(
+        nn.Conv2d(1, 8, 3),
         nn.BatchNorm2d(8),
+        nn.Conv2d(8, 4, 3, groups=4),
+        nn.BatchNorm2d(4),
         nn.AdaptiveAvgPool2d(1),
         nn.Flatten(),
-        nn.Linear(8, 3),
+        nn.Linear(4, 3),
     )
-    with pytest.raises(UnsupportedModelError, match=r"'2' \(groups=4, 4 -> 8 channels\)"):
-        structures.channel_groups(multiplier.double().eval(), x)
+    with pytest.raises(UnsupportedModelError, match=r"'2' \(groups=4, 8 -> 4 channels\): torch-pruning takes"):
+        structures.channel_groups(fan_in.double().eval(), x)
+
+
+@pytest.mark.parametrize(
+    "kind, unprunable, left",
+    [("grouped_concat", ["conv_a", "conv_b"], ["conv"]), ("grouped_bare", ["conv2"], ["conv1", "conv3"])],
+)
+def test_refused_grouped_conv_declared_unprunable_prunes_the_rest_exactly(kind, unprunable, left):
+    model = randomize(toy_models.make_more(kind))
+    x = torch.randn(3, 1, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    groups = assert_gates_equal_removal(model, x, unprunable=unprunable)
+    assert [g.name for g in groups] == left
 
 
 def test_grouped_conv_declared_unprunable_prunes_the_rest_exactly():

@@ -174,6 +174,81 @@ class TinyGroupedConv(nn.Module):
         return self.fc(x.mean((2, 3)))
 
 
+class TinyGroupedMix(nn.Module):
+    """Grouped convs whose groupings must all be kept: the stem's 12 channels are read by convs with
+    2 and 3 groups (a structure is then 6 channels, one position of each of their groups), and the
+    stream those two write (an add) also passes a depthwise conv and a residual grouped conv whose
+    input and output are both the stream (6 groups); then a 1x1 conv and a depthwise conv with a
+    channel multiplier (groups = inputs < outputs), which removes its own outputs but can remove no
+    input (each of its groups has one input channel)."""
+
+    def __init__(self, in_channels=1, num_classes=5):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, 12, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(12)
+        self.conv2 = nn.Conv2d(12, 12, 3, 1, 1, groups=2, bias=False)
+        self.bn2 = nn.BatchNorm2d(12)
+        self.conv3 = nn.Conv2d(12, 12, 1, groups=3)  # with bias
+        self.bn3 = nn.BatchNorm2d(12)
+        self.dw = nn.Conv2d(12, 12, 3, 1, 1, groups=12, bias=False)
+        self.bn_dw = nn.BatchNorm2d(12)
+        self.res = nn.Conv2d(12, 12, 3, 1, 1, groups=6, bias=False)
+        self.bn_res = nn.BatchNorm2d(12)
+        self.conv5 = nn.Conv2d(12, 8, 1, bias=False)
+        self.bn5 = nn.BatchNorm2d(8)
+        self.mult = nn.Conv2d(8, 16, 3, 2, 1, groups=8, bias=False)
+        self.bn_mult = nn.BatchNorm2d(16)
+        self.fc = nn.Linear(16, num_classes)
+
+    def forward(self, x):
+        x = torch.relu(self.bn1(self.conv1(x)))
+        h = self.bn2(self.conv2(x)) + self.bn3(self.conv3(x))
+        h = torch.relu(self.bn_dw(self.dw(torch.relu(h))))
+        h = torch.relu(h + self.bn_res(self.res(h)))
+        h = torch.relu(self.bn5(self.conv5(h)))
+        return self.fc(torch.relu(self.bn_mult(self.mult(h))).mean((2, 3)))
+
+
+class TinyGroupedConcat(nn.Module):
+    """A grouped conv (2 groups) reading a concatenation of two groups: each of its groups is one
+    producer's channels, so removing a position of every group would reach into the other producer's
+    group. Refused."""
+
+    def __init__(self, in_channels=1, num_classes=5):
+        super().__init__()
+        self.conv_a = nn.Conv2d(in_channels, 4, 3, 1, 1, bias=False)
+        self.bn_a = nn.BatchNorm2d(4)
+        self.conv_b = nn.Conv2d(in_channels, 4, 3, 1, 1, bias=False)
+        self.bn_b = nn.BatchNorm2d(4)
+        self.conv = nn.Conv2d(8, 6, 3, 1, 1, groups=2, bias=False)
+        self.bn = nn.BatchNorm2d(6)
+        self.fc = nn.Linear(6, num_classes)
+
+    def forward(self, x):
+        x = torch.cat([torch.relu(self.bn_a(self.conv_a(x))), torch.relu(self.bn_b(self.conv_b(x)))], 1)
+        return self.fc(torch.relu(self.bn(self.conv(x))).mean((2, 3)))
+
+
+class TinyGroupedBare(nn.Module):
+    """A grouped conv with no BatchNorm after it: its output structures (one position of each of its
+    groups) have no BatchNorm to carry their gates. Refused; its input is pruned."""
+
+    def __init__(self, in_channels=1, num_classes=5):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, 4, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(4)
+        self.conv2 = nn.Conv2d(4, 6, 3, 1, 1, groups=2)
+        self.conv3 = nn.Conv2d(6, 5, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(5)
+        self.fc = nn.Linear(5, num_classes)
+
+    def forward(self, x):
+        x = torch.relu(self.bn1(self.conv1(x)))
+        x = torch.relu(self.conv2(x))
+        x = torch.relu(self.bn3(self.conv3(x)))
+        return self.fc(x.mean((2, 3)))
+
+
 class ChannelOffset(nn.Module):
     def __init__(self, channels):
         super().__init__()
@@ -203,6 +278,9 @@ MORE_TOYS = {
     "dense": TinyDenseNet,
     "mobile": TinyMobileNet,
     "grouped": TinyGroupedConv,
+    "grouped_mix": TinyGroupedMix,
+    "grouped_concat": TinyGroupedConcat,
+    "grouped_bare": TinyGroupedBare,
     "offset": TinyOffset,
 }
 

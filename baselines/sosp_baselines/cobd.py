@@ -69,6 +69,7 @@ def fisher_diagonal(
 @method(
     "cobd",
     min_fraction=AUTHORS_MIN_FRACTION,
+    calibration_terms=("curvature",),  # the sampled-label Fisher
     options=(Option("seed", int, 0, "seed of the sampled labels (sosp prune: the run's seed)"),),
 )
 def cobd(model: nn.Module, groups: Sequence[ChannelGroup], batches, *, seed: int) -> list[torch.Tensor]:
@@ -78,8 +79,8 @@ def cobd(model: nn.Module, groups: Sequence[ChannelGroup], batches, *, seed: int
     fisher = fisher_diagonal(model, batches, layers, seed)
     scores = []
     for g in groups:
-        total = torch.zeros(g.size, dtype=torch.float64, device=next(model.parameters()).device)
+        total = torch.zeros(g.num_channels, dtype=torch.float64, device=next(model.parameters()).device)
         for name in g.producers:
             total += (weight_rows(layers[name]).double().pow(2) * fisher[name]).sum(1)
-        scores.append(total)
+        scores.append(g.per_structure(total))  # a grouped conv's structure: the sum over its channels
     return scores

@@ -269,7 +269,14 @@ def _report(model, pruned, example_input, layers) -> dict:
     }
 
 
-@method("eigendamage", "pruner", options=OPTIONS, cost_normalizable=False, min_fraction=AUTHORS_MIN_FRACTION)
+@method(
+    "eigendamage",
+    "pruner",
+    options=OPTIONS,
+    cost_normalizable=False,
+    min_fraction=AUTHORS_MIN_FRACTION,
+    calibration_terms=("curvature",),  # the K-FAC Fisher
+)
 def eigendamage(
     request: selection.PruneRequest,
     *,

@@ -33,13 +33,14 @@ from sosp.structures import ChannelGroup
 
 
 def filter_l1_norms(model: nn.Module, group: ChannelGroup) -> torch.Tensor:
-    """Sum over the group's producers of each output channel's filter L1 norm (float64)."""
+    """Sum over the group's producers of each output channel's filter L1 norm (float64), summed over
+    the channels of each structure (one channel, or one position of every group of a grouped conv)."""
     modules = dict(model.named_modules())
-    total = torch.zeros(group.size, dtype=torch.float64)
+    total = torch.zeros(group.num_channels, dtype=torch.float64)
     for name in group.producers:
         weight = modules[name].weight.detach()  # Conv*d (out, in/groups, *k), Linear (out, in)
         total += weight.abs().reshape(weight.shape[0], -1).sum(1).double().cpu()
-    return total
+    return group.per_structure(total)
 
 
 def within_group_ranks(values: torch.Tensor) -> torch.Tensor:
@@ -65,7 +66,12 @@ SCOPE = Option(
 )
 
 
-@method("magnitude", options=(SCOPE,), cost_normalizable=lambda options: options["scope"] == "global")
+@method(
+    "magnitude",
+    options=(SCOPE,),
+    cost_normalizable=lambda options: options["scope"] == "global",
+    calibration_terms=(),  # reads no data
+)
 def magnitude(model: nn.Module, groups: Sequence[ChannelGroup], batches, *, scope: str) -> list[torch.Tensor]:
     """Filter L1 norms (``global``) or their within-group ranks (``layerwise``); data is not read."""
     return [SCOPES[scope](filter_l1_norms(model, g)) for g in groups]

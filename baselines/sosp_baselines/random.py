@@ -10,6 +10,7 @@ from sosp.registry import Option, method
 @method(
     "random",
     cost_normalizable=False,
+    calibration_terms=(),  # reads no data
     options=(Option("seed", int, 0, "seed of the draw (sosp prune: the run's seed)"),),
 )
 def random_saliency(model, groups, batches, *, seed: int) -> list[torch.Tensor]:

@@ -77,7 +77,7 @@ SCHEDULE = Option(
 )
 
 
-@method("taylor", options=(SCHEDULE,))
+@method("taylor", options=(SCHEDULE,), calibration_terms=("gradient",))
 def taylor(model, groups, batches, *, schedule: str) -> list[torch.Tensor]:
     """Molchanov et al. (2019) one-shot: ``mean_m (dL_m/dc_s)^2``."""
     if schedule == "iterative":
@@ -125,7 +125,7 @@ def sgd_finetune(lr: float, momentum: float, weight_decay: float) -> Callable:
     return finetune
 
 
-@method("taylor_iterative", "pruner", options=ITERATIVE_OPTIONS)
+@method("taylor_iterative", "pruner", options=ITERATIVE_OPTIONS, calibration_terms=("gradient",))
 def taylor_iterative(
     request: selection.PruneRequest,
     *,

@@ -1,6 +1,7 @@
 """``sosp <verb>``: the command line that every workflow rule calls, also usable by hand.
 
-Verbs: ``data`` (load/download a data set once), ``train`` (base or widened model), ``prune`` (score once,
+Verbs: ``data`` (load/download a data set once), ``weights`` (fetch published weights once), ``train``
+(base or widened model), ``base`` (a base model from weights instead of training), ``prune`` (score once,
 prune one-shot at one or more ratios), ``finetune``, ``evaluate`` (add test metrics to a record),
 ``measure`` (add params/MACs/latency to records), ``bottleneck`` (layer-wise pruning ratios -> the
 widths of widened networks) and ``report`` (records -> runs.csv, tables, figures). Each verb reads explicit paths, writes its outputs atomically, prints
@@ -23,7 +24,7 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import SospError
-from . import bottleneck, data, evaluate, finetune, measure, prune, report, train
+from . import base, bottleneck, data, evaluate, finetune, measure, prune, report, train, weights
 from .args import PROG, Parser, UsageError
 from .args import positive_int as _positive_int  # noqa: F401  (the name before the CLI became a package)
 from .common import setup
@@ -33,7 +34,9 @@ __all__ = ["PROG", "UsageError", "COMMANDS", "build_parser", "main"]
 #: verb -> its command, in the order ``sosp --help`` lists them
 COMMANDS = {
     "data": data.cmd_data,
+    "weights": weights.cmd_weights,
     "train": train.cmd_train,
+    "base": base.cmd_base,
     "prune": prune.cmd_prune,
     "finetune": finetune.cmd_finetune,
     "evaluate": evaluate.cmd_evaluate,
@@ -41,7 +44,7 @@ COMMANDS = {
     "bottleneck": bottleneck.cmd_bottleneck,
     "report": report.cmd_report,
 }
-_VERBS = (data, train, prune, finetune, evaluate, measure, bottleneck, report)
+_VERBS = (data, weights, train, base, prune, finetune, evaluate, measure, bottleneck, report)
 
 
 def _version() -> str:

@@ -20,7 +20,7 @@ def add_parser(sub) -> None:
     p = sub.add_parser(
         "prune",
         help="score and prune a model once; write it and its record",
-        description="Score structures on calibration data (training split, no augmentation),\n"
+        description="Score structures on calibration data (by default the training split, no augmentation),\n"
         "prune, evaluate the one-shot pruned model, write it and its record.",
         epilog=_methods_help,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -70,6 +70,19 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--score-batch-size", type=positive_int, default=128, help="batch size for scoring (default 128)")
     p.add_argument(
+        "--calibration-split",
+        choices=("train", "val"),
+        default="train",
+        help="split the calibration samples are drawn from (default train; val: the validation split carved "
+        "from the training set, images the base model was not fitted on)",
+    )
+    p.add_argument(
+        "--calibration-augment",
+        action="store_true",
+        help="apply the training augmentation (random crops/flips of the data set, drawn from the run's seed) "
+        "to the calibration images: a base model fits them less perfectly, so more samples carry the scores",
+    )
+    p.add_argument(
         "--warmup-batches",
         type=int,
         default=1,
@@ -105,19 +118,22 @@ def cmd_prune(args) -> None:
     example = bundle.example_input[:1].to(args.device)
     model.to(args.device)
 
-    def calibration():
+    split = getattr(bundle, args.calibration_split)
+
+    def calibration():  # the same samples (and augmentation draws) at every call
         return data.batches(
-            bundle.train,
+            split,
             args.score_batch_size,
             shuffle=True,
             generator=torch.Generator().manual_seed(seed),
-            augment=None,
+            augment=bundle.augment if args.calibration_augment else None,
             device=args.device,
         )
 
     log(
         f"pruning with {args.method} to ratio(s) {', '.join(map(str, args.ratio))} of {args.target} "
-        f"({args.samples} calibration samples, options {options or 'default'})"
+        f"({args.samples} calibration samples of the {args.calibration_split} split"
+        f"{', augmented' if args.calibration_augment else ''}, options {options or 'default'})"
     )
     runs = runner.run_ratios(
         method,
@@ -137,6 +153,7 @@ def cmd_prune(args) -> None:
     )
     for requested, result, out, record_path in zip(args.ratio, runs, args.out, args.record):
         report = result.report
+        report.update(calibration_split=args.calibration_split, calibration_augment=args.calibration_augment)
         log(
             f"ratio {requested}: removed {100 * report['achieved_fraction']:.1f}% of structures: params "
             f"{report['params_before']:,} -> {report['params_after']:,}, MACs {report['macs_before']:,} -> "
@@ -150,7 +167,7 @@ def cmd_prune(args) -> None:
             ratio=requested,
             target=args.target,
             method_options=options,
-            samples=min(args.samples, len(bundle.train)),
+            samples=min(args.samples, len(split)),
             **evaluate(result.model, bundle, args),
         )
         new_meta = {

@@ -1,4 +1,4 @@
-"""torchvision and timm classifiers by name, always randomly initialised (the suite never downloads)."""
+"""torchvision and timm classifiers by name, always randomly initialised (published weights: :mod:`sosp.weights`)."""
 
 import difflib
 

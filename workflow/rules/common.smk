@@ -30,21 +30,44 @@ def check_config(config):
                 yield f"bottleneck.archs[{i}]", f"{arch!r} has no width keys (a CIFAR resnet<6n+2> or vgg<11|13|16|19> is needed)"
         if float(bottleneck["ratio"]) not in ratios:
             yield "bottleneck.ratio", f"{bottleneck['ratio']} is not one of prune.ratios {config['prune']['ratios']}"
-    if config["prune"][
-        "options"
-    ]:  # each method's declared options (this imports the methods, and torch)
-        from sosp import methods
-        from sosp.errors import SospError
+    # base models from weights: each names an architecture of `archs`, of the weights' zoo, whose
+    # published weights exist (this imports torchvision/timm; nothing is downloaded) or whose file exists
+    base = config["base"]
+    base_weights = (base.get("weights") or {}) if base["from"] == "weights" else {}
+    for arch, spec in base_weights.items():
+        if arch not in config["archs"]:
+            yield f"base.weights.{arch}", f"{arch!r} is not one of archs {config['archs']}"
+        elif spec:
+            from sosp import weights
+            from sosp.errors import SospError
 
-        for method, options in config["prune"]["options"].items():
-            if method not in methods.METHODS:
-                yield f"prune.options.{method}", f"unknown pruning method {method!r}; known: {', '.join(methods.names())}"
-                continue
-            for key, value in options.items():
-                try:
-                    methods.get(method).option(key).check(value)
-                except SospError as error:
-                    yield f"prune.options.{method}.{key}", str(error)
+            try:
+                weights.check(arch, spec)
+            except SospError as error:
+                yield f"base.weights.{arch}", str(error)
+    # every method named anywhere is one an installed package declares (sosp.registry; names only,
+    # nothing is imported), and the options of each are its declared ones (this imports those methods)
+    from sosp import registry
+    from sosp.errors import SospError
+
+    known = registry.names()
+    named = [
+        (f"prune.methods[{i}]", m) for i, m in enumerate(config["prune"]["methods"])
+    ]
+    named += [(f"prune.options.{m}", m) for m in config["prune"]["options"]]
+    named += [("bottleneck.method", bottleneck["method"])]
+    named += [
+        (f"bottleneck.methods[{i}]", m) for i, m in enumerate(bottleneck["methods"])
+    ]
+    for key, method in named:
+        if method not in known:
+            yield key, f"unknown pruning method {method!r}; installed: {', '.join(known)}"
+    for method, options in config["prune"]["options"].items():
+        for key, value in options.items():
+            try:
+                registry.get(method).option(key).check(value)
+            except SospError as error:
+                yield f"prune.options.{method}.{key}", str(error)
 
 
 for _key, _message in check_config(config):
@@ -52,6 +75,12 @@ for _key, _message in check_config(config):
 
 
 TIER = config["tier"]
+# hash of the config keys that decide a record's content (sosp/config_hash.py says which), stamped into
+# every record by the measuring jobs (a param: changing one of those keys re-measures, and so
+# re-stamps, every record) and checked by rules runs and figures
+from sosp.config_hash import config_hash
+
+CONFIG_HASH = config_hash(config)
 W = f"{config['work_dir']}/{TIER}"  # checkpoints, draft records, logs (git-ignored)
 R = f"{config['results_dir']}/{TIER}"  # records, runs.csv, tables, figures, benchmarks
 DEVICE = config["device"]
@@ -124,7 +153,7 @@ wildcard_constraints:
 
 
 # rules whose jobs use the tier's device; on a CUDA tier each asks the scheduler for one GPU
-GPU_RULES = ("train", "prune", "finetune", "measure")
+GPU_RULES = ("train", "base_weights", "prune", "finetune", "measure")
 _RES_DEFAULTS = {"threads": 1, "mem_mb": 2000, "runtime": 30}
 
 

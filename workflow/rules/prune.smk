@@ -34,11 +34,13 @@ rule prune:
         samples=PRUNE["samples"],
         score_batch_size=PRUNE["score_batch_size"],
         warmup=PRUNE["warmup_batches"],
+        calibration=f"--calibration-split {PRUNE['calibration']['split']}"
+        + (" --calibration-augment" if PRUNE["calibration"]["augment"] else ""),
     shell:
         "{SOSP} prune --model {input.model} --method {wildcards.method} --ratio {params.ratios} "
         "--target {wildcards.target} --min-channels {params.min_channels} --min-fraction {params.min_fraction} "
         "--normalize {params.normalize} "
         "{params.options} --samples {params.samples} --score-batch-size {params.score_batch_size} "
-        "--warmup-batches {params.warmup} "
+        "--warmup-batches {params.warmup} {params.calibration} "
         "{params.data} --seed {wildcards.seed} --tier {params.tier} --device {params.device} --threads {threads} "
         "--out {output.models} --record {output.records} > {log} 2>&1"
