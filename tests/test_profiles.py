@@ -35,9 +35,24 @@ def _resources(output: str, rule: str) -> dict[str, str]:
     return dict(item.split("=", 1) for item in line.split(", "))
 
 
+SLURM_ENV = ("SOSP_SLURM_CPU_PARTITION", "SOSP_SLURM_GPU_PARTITION", "SOSP_SLURM_ACCOUNT")
+
+
+def _all_resources(output: str) -> dict[str, dict[str, str]]:
+    """Rule -> the resources of its first planned job, for every rule of a dry run's output."""
+    found = {}
+    for block in re.finditer(r"^(?:local)?rule (\w+):\n(.*?)\n\n", output, re.M | re.S):
+        line = re.search(r"^\s+resources: (.*)$", block.group(2), re.M)
+        if line and block.group(1) not in found:
+            found[block.group(1)] = dict(item.split("=", 1) for item in line.group(1).split(", "))
+    return found
+
+
 @pytest.mark.parametrize("profile", PROFILES)
 @pytest.mark.parametrize("tier", ["config.yaml", "cifar10.yaml"])
-def test_profile_dry_run(profile, tier, tmp_path):
+def test_profile_dry_run(profile, tier, tmp_path, monkeypatch):
+    for name in SLURM_ENV:  # the shipped partitions, whatever this shell sets
+        monkeypatch.delenv(name, raising=False)
     copy_workflow(tmp_path)
     proc = snakemake(
         tmp_path, "--dry-run", "--profile", f"workflow/profiles/{profile}", "--configfile", f"config/{tier}"
@@ -53,8 +68,25 @@ def test_profile_dry_run(profile, tier, tmp_path):
     if profile == "slurm":
         assert train["slurm_partition"] == "gpu" and measure["slurm_extra"] == "--exclusive"
         assert _resources(proc.stdout, "bottleneck")["slurm_partition"] == "cpu"
+        assert "slurm_account" not in train
+        for rule, resources in _all_resources(proc.stdout).items():  # every job on the tier's device
+            if resources.get("gpu", "0") != "0":
+                assert resources["slurm_partition"] == "gpu", (rule, resources)
     if profile == "default":
         assert measure["timed"] == "1"  # the global resource that keeps timings apart
+
+
+def test_slurm_partitions_and_account_from_the_environment(tmp_path, monkeypatch):
+    """The SLURM profile takes partitions and account from SOSP_SLURM_* when set (as .ci/slurm.sh does for
+    its one-node cluster), quoted: a partition named like a Python builtin stays a name."""
+    copy_workflow(tmp_path)
+    for name, value in zip(SLURM_ENV, ("max", "a100-80g", "123456")):
+        monkeypatch.setenv(name, value)
+    proc = snakemake(tmp_path, "--dry-run", "--profile", "workflow/profiles/slurm")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    train, bottleneck = _resources(proc.stdout, "train"), _resources(proc.stdout, "bottleneck")
+    assert train["slurm_partition"] == "a100-80g" and bottleneck["slurm_partition"] == "max"
+    assert train["slurm_account"] == bottleneck["slurm_account"] == "123456"
 
 
 def test_generic_submit_command_uses_the_job_resources():

@@ -6,6 +6,7 @@ from .aggregation import (  # noqa: F401
     summary_table,
 )
 from .collection import (  # noqa: F401
+    check_config_hash,
     collect,
     read_record,
     read_runs_csv,
@@ -15,7 +16,6 @@ from .collection import (  # noqa: F401
 )
 from .records import (  # noqa: F401
     COLUMNS,
-    KEY_COLUMNS,
     NO_METHOD,
     ORIGINAL,
     SCHEMA_VERSION,
@@ -46,5 +46,4 @@ from .tables import (  # noqa: F401
     summary_markdown,
     timing_sections,
     write_named_tables,
-    write_tables,
 )

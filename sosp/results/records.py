@@ -40,8 +40,10 @@ COLUMNS: dict[str, str] = {
     "variant": "network variant: 'original' (the registry's widths) or a widened network of the bottleneck "
     "study, e.g. 'bottleneck-x2' (bottleneck layers x2) or 'uniform-x1.1' (every layer x1.1)",
     "seed": "random seed of training (integer); pruning and fine-tuning reuse it",
-    "method": "pruning method (sosp.prune.METHODS); 'none' for unpruned models",
+    "method": "pruning method (a name of sosp.registry); 'none' for unpruned models",
     "method_options": "method options as canonical JSON ('{}' = defaults)",
+    "method_package": "package (distribution) and version that provided the method, e.g. 'sosp-bench 0.1.0' "
+    "(entry-point group sosp.methods); null if unpruned",
     "ratio": "requested pruning ratio, fraction in [0, 1); what it counts is `target`; 0 if unpruned",
     "target": "what `ratio` counts: structures, macs or params; 'none' if unpruned",
     "stage": "base / pruned (one-shot, before fine-tuning) / finetuned / widened",
@@ -56,6 +58,11 @@ COLUMNS: dict[str, str] = {
     "removed_per_layer": "JSON object: each group (named after its first producer; EigenDamage: each layer's "
     "output side) -> fraction of its channels removed",
     "samples": "calibration samples used for scoring (count)",
+    "calibration_effective_samples": "effective number of calibration samples the method's score rests on: "
+    "(sum w)^2 / sum w^2 of the per-sample loss weights of the terms it uses (the smaller of the two for "
+    "SOSP), sosp.calibration; null for data-free methods",
+    "calibration_min_class_share": "smallest share of the score's sample weight carried by one class, "
+    "relative to the uniform share 1/C (1 = even, ~0 = that class gets no say); null for data-free methods",
     "params": "number of parameters (count)",
     "macs": "multiply-accumulates per input image, batch 1 (count; torch FlopCounterMode / 2)",
     "flops": "floating-point operations per input image = 2 * macs (count)",
@@ -76,6 +83,8 @@ COLUMNS: dict[str, str] = {
     "threads": "torch intra-op threads during the latency measurement (count)",
     "torch_version": "torch version",
     "git_commit": "git commit of the sosp package (suffix '+dirty' if modified), null if unknown",
+    "config_hash": "hash of the tier config keys that decide the record (sosp.config_hash; stamped by the "
+    "workflow's measuring job), null for records made outside the workflow",
     "created_utc": "time the record was written (ISO 8601, UTC)",
     "schema_version": "version of this record layout",
 }
@@ -92,7 +101,6 @@ _INTEGER_COLUMNS = (
     "threads",
     "schema_version",
 )
-KEY_COLUMNS = ("tier", "dataset", "arch", "variant", "seed", "method", "method_options", "ratio", "target", "stage")
 _LATENCY = re.compile(r"^latency_[a-z0-9]+_b\d+(_iqr)?_ms$")
 
 
@@ -201,6 +209,18 @@ def min_kept_fraction(report: Mapping) -> float | None:
     return min(kept) if kept else None
 
 
+def calibration_fields(diagnostics: Mapping | None) -> dict:
+    """The record's calibration columns from ``sosp.calibration.diagnose`` (the method's own terms)."""
+    if not diagnostics or not diagnostics.get("terms"):
+        return {"calibration_effective_samples": None, "calibration_min_class_share": None}
+    terms = diagnostics["terms"]
+    shares = [diagnostics[f"min_class_share_{t}"] for t in terms if diagnostics.get(f"min_class_share_{t}") is not None]
+    return {
+        "calibration_effective_samples": min(diagnostics[f"effective_samples_{t}"] for t in terms),
+        "calibration_min_class_share": min(shares) if shares else None,
+    }
+
+
 def prune_fields(report: Mapping) -> dict:
     """Record fields from a ``PruneResult.report`` (the rest of the report goes to ``details``)."""
     per_layer = removed_per_layer(report)
@@ -210,6 +230,7 @@ def prune_fields(report: Mapping) -> dict:
         "min_fraction": report.get("min_fraction"),
         "normalize": report.get("normalize"),
         "min_kept_fraction": min_kept_fraction(report),
+        **calibration_fields(report.get("calibration")),
         "removed_per_layer": json.dumps({k: round(v, 6) for k, v in per_layer.items()}) if per_layer else None,
         "saliency_seconds": report.get("saliency_seconds"),
         "selection_seconds": report.get("selection_seconds"),
@@ -232,8 +253,11 @@ CARRIED = (
     "min_channels",
     "min_fraction",
     "normalize",
+    "method_package",
     "min_kept_fraction",
     "removed_per_layer",
+    "calibration_effective_samples",
+    "calibration_min_class_share",
 )
 
 
@@ -262,6 +286,7 @@ def pruned_record(
         ratio=ratio,
         target=target,
         method_options=method_options,
+        method_package=report.get("method_package"),
         samples=samples,
         train_epochs=base.get("train_epochs"),
         finetune_epochs=0,

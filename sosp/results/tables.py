@@ -145,16 +145,27 @@ def paper_sections(df: pd.DataFrame):
 
 
 def timing_sections(df: pd.DataFrame):
-    """Scoring cost per method, one table per (tier, data set, architecture, variant): saliency seconds
-    (scoring only) and prune seconds (scoring + selection + surgery), mean ± std over seeds (each seed's
-    value first averaged over its ratios), calibration samples, and the saliency time relative to
-    first-order Taylor where present."""
+    """Scoring cost and calibration per method, one table per (tier, data set, architecture, variant):
+    saliency seconds (scoring only) and prune seconds (scoring + selection + surgery), mean ± std over
+    seeds (each seed's value first averaged over its ratios), calibration samples, the saliency time
+    relative to first-order Taylor where present, and what the scores rest on: the effective number of
+    calibration samples (mean over seeds) and the smallest class share relative to uniform (over
+    seeds), ``–`` for data-free methods."""
     m = tidy(df)
+    for column in ("calibration_effective_samples", "calibration_min_class_share"):  # records before they existed
+        if column not in m:
+            m[column] = float("nan")
     m = m[m["stage"] == "pruned"]
     for key, part in m.groupby(_SECTION, sort=False):
         per_seed = (
             part.groupby(["method", "method_options", "seed"], sort=True)
-            .agg(sal=("saliency_seconds", "mean"), prune=("prune_seconds", "mean"), samples=("samples", "max"))
+            .agg(
+                sal=("saliency_seconds", "mean"),
+                prune=("prune_seconds", "mean"),
+                samples=("samples", "max"),
+                effective=("calibration_effective_samples", "mean"),
+                share=("calibration_min_class_share", "min"),
+            )
             .reset_index()
         )
         agg = (
@@ -165,6 +176,8 @@ def timing_sections(df: pd.DataFrame):
                 prune_mean=("prune", "mean"),
                 prune_std=("prune", "std"),
                 samples=("samples", "max"),
+                effective=("effective", "mean"),
+                share=("share", "min"),
                 seeds=("seed", "nunique"),
             )
             .reset_index()
@@ -179,6 +192,8 @@ def timing_sections(df: pd.DataFrame):
                 "saliency (s)": _pm(r.sal_mean, r.sal_std, 3),
                 "prune (s)": _pm(r.prune_mean, r.prune_std, 3),
                 "saliency / taylor (×)": _num(r.sal_mean / ref, ".2f"),
+                "effective samples": _num(r.effective, ".1f"),
+                "min class share": _num(r.share, ".2f"),
             }
             for r in agg.itertuples(index=False)
         ]
@@ -189,7 +204,10 @@ def timing_sections(df: pd.DataFrame):
 _TIMING_NOTE = (
     "Wall-clock seconds of one pruning job's scoring (saliency) and of scoring + selection + "
     "surgery (prune), on the job's device and threads; mean ± std over seeds. Saliencies are "
-    "computed once per (model, method) and shared by every ratio."
+    "computed once per (model, method) and shared by every ratio. Effective samples: (sum w)^2 / "
+    "sum w^2 of the calibration samples' loss weights in the method's score (below 20: the score "
+    "rests on a handful of images); min class share: the smallest share of one class relative to "
+    "uniform (1 = even; ~0 = a class gets no say); – for data-free methods."
 )
 _PAPER_NOTE = (
     "Top-1 after fine-tuning, mean ± sample standard deviation over seeds; ↓ = reduction "
@@ -201,7 +219,7 @@ _PAPER_NOTE = (
 TABLES = {
     "summary": ("Summary", _NOTE, lambda df: _sections(summary_table(df))),
     "paper": ("Pruning results", _PAPER_NOTE, paper_sections),
-    "timing": ("Scoring time per method", _TIMING_NOTE, timing_sections),
+    "timing": ("Scoring time and calibration per method", _TIMING_NOTE, timing_sections),
 }
 
 
@@ -259,14 +277,6 @@ def _latex_cell(text: str) -> str:
         .replace("×", "$\\times$")
         .replace("Δ", "$\\Delta$")
     )
-
-
-def write_tables(
-    summary: pd.DataFrame, markdown_path: str | os.PathLike, latex_path: str | os.PathLike | None = None
-) -> None:
-    write_atomic(markdown_path, lambda tmp: tmp.write_text(summary_markdown(summary)))
-    if latex_path is not None:
-        write_atomic(latex_path, lambda tmp: tmp.write_text(summary_latex(summary)))
 
 
 def _html(title: str, note: str, sections) -> str:
