@@ -158,6 +158,14 @@ def add_train_config(p: argparse.ArgumentParser, what: str, default: str) -> Non
         "--keep-checkpoint",
     )
     g.add_argument("--keep-checkpoint", action="store_true", help="keep the checkpoint after success")
+    g.add_argument(
+        "--nproc",
+        type=positive_int,
+        default=1,
+        metavar="N",
+        help="data-parallel processes on this node (DistributedDataParallel, launched as torchrun does): one per "
+        "GPU with --device cuda (nccl), else CPU processes (gloo); --batch-size is the global batch (default 1)",
+    )
 
 
 def add_eval(p: argparse.ArgumentParser) -> None:
