@@ -3,24 +3,26 @@
 What is timed, per model (CIFAR shape: 3x32x32 inputs, 10 classes, one batch of ``--batch-size``
 random images and labels; the values do not change the cost):
 
-- every saliency method of :data:`sosp.methods.METHODS`, called through :func:`sosp.saliency.score` on that
+- every saliency method of :mod:`sosp.registry`, called through :func:`sosp.runner.score` on that
   one batch, i.e. exactly what ``sosp prune`` runs per calibration batch (plus the per-call
   conversion of the scores to float64); SOSP-H once per ``combine`` (``separate``, ``joint``,
   ``second_order``) and once with ``curvature=hessian``; SOSP-I only on ``--sosp-i-models`` and only
   where its own memory check (:func:`sosp.methods.sosp_i.check_pairwise_memory`) passes. ``random`` and
   ``magnitude`` do not read the batch: their time is per call.
-- EigenDamage's scoring part, the K-FAC factor pass :func:`sosp.methods.fisher.kfac_factors` on the
+- EigenDamage's scoring part, the K-FAC factor pass :func:`sosp_baselines.fisher.kfac_factors` on the
   batch (row ``eigendamage[part=factors]``), and the same plus the per-layer eigendecompositions and
-  eigenbasis importances, :func:`sosp.methods.eigendamage.score_layers` (row
+  eigenbasis importances, :func:`sosp_baselines.eigendamage.score_layers` (row
   ``eigendamage[part=factors+eigh]``; the eigendecompositions are paid once per scoring run, not per
   batch).
 
 All methods of one model are timed in the same process, interleaved (warm-up round, then ``--rounds``
 rounds calling every method once in rotating order, :func:`benchmarks.common.interleaved`); the ratio to
-Taylor is the median over rounds of the within-round ratio. Peak memory per method is measured after
-the timing, one call each (:func:`benchmarks.common.peak_memory`). Before timing, each model's
-BatchNorm running statistics are set from one batch of the random data so that deep random networks
-stay finite (scores are checked for non-finite values).
+Taylor is the median over rounds of the within-round ratio. Each call is also timed in CPU time
+(user + system time of the process, columns ``cpu_*``), which hardly grows while other processes
+share the cores, and each model's rows carry the load average before and after its rounds. Peak
+memory per method is measured after the timing, one call each (:func:`benchmarks.common.peak_memory`).
+Before timing, each model's BatchNorm running statistics are set from one batch of the random data
+so that deep random networks stay finite (scores are checked for non-finite values).
 
 Scaling (``scaling.csv``): SOSP-H (``separate``) and Taylor on ResNet-20/32/44/56/110 (time against
 MACs), and SOSP-I, SOSP-H and Taylor on ResNet-20 with ``width_multiplier`` 0.5/1/1.5/2 (time
@@ -37,6 +39,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 import traceback
@@ -49,10 +52,10 @@ import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 
 from benchmarks import common  # noqa: E402
-from sosp import measure, models, saliency  # noqa: E402
+from sosp import measure, models, runner  # noqa: E402
 from sosp.errors import SospError  # noqa: E402
-from sosp.methods import names as method_names  # noqa: E402
 from sosp.methods.sosp_i import check_pairwise_memory  # noqa: E402
+from sosp.registry import names as method_names  # noqa: E402
 from sosp.structures import channel_groups, total_structures  # noqa: E402
 
 REFERENCE = "taylor"
@@ -143,7 +146,7 @@ class Case:
 
 def method_entries(case: Case, sosp_i: bool, methods: list[str] | None = None) -> list[dict]:
     """``[{label, method, options, reads_batches, fn | skip}]`` for every method variant on ``case``."""
-    names = method_names("saliency") if methods is None else methods
+    names = method_names("saliency") if methods is None else [n for n in methods if n != "eigendamage"]
     if REFERENCE in names:  # the reference first: the rotation order starts from it
         names = [REFERENCE] + [n for n in names if n != REFERENCE]
     entries = []
@@ -162,7 +165,7 @@ def method_entries(case: Case, sosp_i: bool, methods: list[str] | None = None) -
                         check_pairwise_memory(case.S, next(case.model.parameters()).dtype)
                     except SospError as err:
                         entry["skip"] = f"memory check: {err}"
-            entry["fn"] = lambda name=name, options=options: saliency.score(
+            entry["fn"] = lambda name=name, options=options: runner.score(
                 name, case.model, case.groups, case.batches(), **options
             )
             entries.append(entry)
@@ -173,7 +176,7 @@ def method_entries(case: Case, sosp_i: bool, methods: list[str] | None = None) -
 
 def eigendamage_entries(case: Case) -> list[dict]:
     try:
-        from sosp.methods import eigendamage as ed
+        from sosp_baselines import eigendamage as ed
     except ImportError as err:
         return [
             {
@@ -219,22 +222,54 @@ def _runnable(entries: list[dict]) -> tuple[dict[str, Callable], dict[str, str]]
     return ok, failed
 
 
+def _cpu_timed(fn: Callable, samples: list[float]) -> Callable:
+    """``fn`` that appends the CPU seconds of each call (user + system, every thread of the process)
+    to ``samples``: unlike wall time, CPU time hardly grows while other processes hold the cores."""
+
+    def call():
+        start = time.process_time()
+        try:
+            return fn()
+        finally:
+            samples.append(time.process_time() - start)
+
+    return call
+
+
+def _load_avg() -> float:
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return math.nan
+
+
 def benchmark_case(case: Case, entries: list[dict], rounds: int, warmup: int, memory: bool, env: dict) -> list[dict]:
     """One row per entry: time per batch (median, IQR), ratio to Taylor, peak memory."""
     common.log(
         f"{case.name}: S={case.S}, {case.macs / 1e6:.2f} M MACs/sample, batch {case.batch_size}, {len(entries)} methods"
     )
     fns, failed = _runnable(entries)
+    cpu: dict[str, list[float]] = {name: [] for name in fns}
+    load_before = _load_avg()
     times = (
-        common.interleaved(fns, rounds=rounds, warmup=max(0, warmup - 1), device=case.device, log=common.log)
+        common.interleaved(
+            {name: _cpu_timed(fn, cpu[name]) for name, fn in fns.items()},
+            rounds=rounds,
+            warmup=max(0, warmup - 1),
+            device=case.device,
+            log=common.log,
+        )
         if fns
         else {}
     )
+    load_after = _load_avg()
+    cpu = {name: samples[len(samples) - len(times[name]) :] for name, samples in cpu.items() if name in times}
     mem = {}
     if memory:
         for name, fn in fns.items():
             mem[name] = common.peak_memory(fn, case.device)
     ref = times.get(REFERENCE)
+    cpu_ref = cpu.get(REFERENCE)
     rows = []
     for e in entries:
         name = e["label"]
@@ -244,6 +279,8 @@ def benchmark_case(case: Case, entries: list[dict], rounds: int, warmup: int, me
             "label": name,
             "options": json.dumps(e["options"], sort_keys=True),
             "reads_batches": e["reads_batches"],
+            "load_avg_1min_before": load_before,
+            "load_avg_1min_after": load_after,
         }
         if name in times:
             s = common.summarise(times[name])
@@ -263,6 +300,11 @@ def benchmark_case(case: Case, entries: list[dict], rounds: int, warmup: int, me
                     ratio_to_taylor_iqr=r["iqr"],
                     ratio_of_medians=s["median"] / common.summarise(ref)["median"],
                 )
+            c = common.summarise(cpu[name])
+            row.update(cpu_median_ms=1e3 * c["median"], cpu_iqr_ms=1e3 * c["iqr"])
+            if cpu_ref:
+                r = common.paired_ratio(cpu[name], cpu_ref)
+                row.update(cpu_ratio_to_taylor=r["median"], cpu_ratio_to_taylor_iqr=r["iqr"])
             row["ms_per_sample"] = 1e3 * s["median"] / case.batch_size if e["reads_batches"] else math.nan
             row.update(mem.get(name, {}))
         else:
@@ -272,6 +314,7 @@ def benchmark_case(case: Case, entries: list[dict], rounds: int, warmup: int, me
             common.log(
                 f"  {name:40s} {row['time_median_ms']:9.1f} ms  (IQR {row['time_iqr_ms']:.1f})"
                 f"  x{row.get('ratio_to_taylor', math.nan):.2f} Taylor"
+                f" (CPU time x{row.get('cpu_ratio_to_taylor', math.nan):.2f})"
                 f"  peak +{row.get('peak_extra_mib', math.nan):.0f} MiB"
             )
         else:
@@ -410,10 +453,24 @@ def main(argv=None) -> int:
         default=["resnet20", "resnet56"],
         help="models SOSP-I is timed on (if its memory check passes)",
     )
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        default=None,
+        help="time only these methods (Taylor, the reference, is always added; 'eigendamage' = its two "
+        "scoring parts); default every saliency method and EigenDamage",
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory pass")
     parser.add_argument("--no-scaling", action="store_true", help="skip scaling.csv")
     args = parser.parse_args(argv)
+    methods = None
+    if args.methods is not None:
+        known = [*method_names("saliency"), "eigendamage"]
+        unknown = [m for m in args.methods if m not in known]
+        if unknown:
+            parser.error(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(known)}")
+        methods = list(dict.fromkeys([REFERENCE, *args.methods]))
     threads = common.set_threads(args.threads, args.quick)
     models_ = args.models or list(QUICK_MODELS if args.quick else FULL_MODELS)
     batch_size = args.batch_size or (64 if args.quick else 128)
@@ -426,7 +483,7 @@ def main(argv=None) -> int:
         case = Case(arch, batch_size, args.device)
         rows += benchmark_case(
             case,
-            method_entries(case, sosp_i=arch in args.sosp_i_models),
+            method_entries(case, sosp_i=arch in args.sosp_i_models, methods=methods),
             rounds,
             args.warmup,
             memory=not args.no_memory,

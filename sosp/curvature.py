@@ -15,8 +15,9 @@ import torch
 import torch.autograd.forward_ad as fwAD
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
-from .structures import ChannelGroup, broadcast_gate, channel_dim, gates_applied, split_flat, total_structures
+from .structures import ChannelGroup, channel_dim, gates_applied, split_flat, total_structures
 from .utils import eval_mode
 
 
@@ -46,13 +47,18 @@ def _linear_tangent(module, t):
     return F.linear(t, module.weight)
 
 
-def _batchnorm_tangent(module, t):
-    scale = (
+def _batchnorm_slope(module: nn.Module, like: torch.Tensor) -> torch.Tensor:
+    """Eval-mode BatchNorm's per-channel slope ``gamma / sqrt(var + eps)``, shaped to multiply ``like``."""
+    slope = (
         module.weight / torch.sqrt(module.running_var + module.eps)
         if module.affine
         else torch.rsqrt(module.running_var + module.eps)
     )
-    return t * scale.reshape([1, -1] + [1] * (t.dim() - 2))
+    return slope.detach().reshape([1, -1] + [1] * (like.dim() - 2))
+
+
+def _batchnorm_tangent(module, t):
+    return t * _batchnorm_slope(module, t)
 
 
 LINEAR_TANGENTS = {
@@ -64,81 +70,176 @@ LINEAR_TANGENTS = {
     nn.BatchNorm2d: _batchnorm_tangent,
     nn.BatchNorm3d: _batchnorm_tangent,
 }
+BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+def _frozen(module: nn.Module) -> bool:
+    return not any(p.requires_grad for p in module.parameters(recurse=False))
+
+
+def _eval_batchnorm(module: nn.Module) -> bool:
+    """A plain BatchNorm that is an affine map of its input: eval mode, running statistics."""
+    return type(module) in BATCHNORMS and not module.training and module.running_var is not None
+
+
+def _has_linear_tangent(module: nn.Module) -> bool:
+    if type(module) not in LINEAR_TANGENTS:
+        return False
+    return _eval_batchnorm(module) if type(module) in BATCHNORMS else True
+
+
+def _other_dims(t: torch.Tensor, dim: int) -> list[int]:
+    dim %= t.dim()
+    return [d for d in range(t.dim()) if d != dim]
+
+
+class _UnitGate(torch.autograd.Function):
+    """``out * c`` for a gate ``c`` of value exactly 1, i.e. a copy of ``out``.
+
+    The backward passes the incoming gradient on as the gradient of ``out`` (``grad * 1``, not
+    computed) and computes only ``dL/dc = sum(grad * out)`` over the non-channel dimensions. The
+    forward returns new storage because in-place ops (``ReLU(inplace=True)``) may follow while ``out``
+    is saved for the backward.
+    """
+
+    @staticmethod
+    def forward(ctx, out, gate, dim):
+        ctx.save_for_backward(out)
+        ctx.dim = dim
+        return out.clone()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        (out,) = ctx.saved_tensors
+        grad_gate = (grad * out).sum(_other_dims(out, ctx.dim)) if ctx.needs_input_grad[1] else None
+        return grad, grad_gate, None
+
+
+class _GatedEvalBatchNorm(torch.autograd.Function):
+    """A unit gate on a frozen eval-mode BatchNorm ``out = BN(x)`` (``out`` computed by the module).
+
+    One node for both: ``dL/dx = grad * gamma / sqrt(var + eps)`` (eval-mode BN's own backward runs
+    per-channel reductions for its parameter gradients whether or not they are needed, about four
+    elementwise passes instead of one) and ``dL/dc = sum(grad * out)`` as in :class:`_UnitGate`.
+    """
+
+    @staticmethod
+    def forward(ctx, x, gate, out, slope, dim):
+        ctx.save_for_backward(out, slope)
+        ctx.dim = dim
+        return out.clone()
+
+    @staticmethod
+    @once_differentiable  # ``out`` is saved detached: no double backward (the Hessian path uses gates_applied)
+    def backward(ctx, grad):
+        out, slope = ctx.saved_tensors
+        grad_x = grad * slope if ctx.needs_input_grad[0] else None
+        grad_gate = (grad * out).sum(_other_dims(out, ctx.dim)) if ctx.needs_input_grad[1] else None
+        return grad_x, grad_gate, None, None, None
+
+
+def _fast_and_generic(groups: Sequence[ChannelGroup]) -> list[bool]:
+    """Per group: whether its gates need the generic path (:func:`sosp.structures.gates_applied`):
+    channel LayerNorms take the gate inside their statistics, sliced BatchNorms on part of a layer."""
+    return [g.normalized_modules != () for g in groups]
 
 
 @contextlib.contextmanager
-def linear_tangents(model: nn.Module) -> Iterator[None]:
-    """Inside a dual level: propagate tangents through conv/linear/eval-BN layers by hand."""
-    handles = []
-    pending: dict[nn.Module, torch.Tensor] = {}
+def _unit_gate_hooks(
+    model: nn.Module, groups: Sequence[ChannelGroup], gates: torch.Tensor, tangents: bool
+) -> Iterator[None]:
+    """The hooks behind :func:`unit_gates_applied` (``tangents=False``) and
+    :func:`unit_tangent_forward` (``tangents=True``, inside a dual level): at most one pre-hook and
+    one forward hook per module."""
+    generic = _fast_and_generic(groups)
+    pieces = split_flat(gates, groups)
+    modules = dict(model.named_modules())
+    gate_of: dict[nn.Module, tuple[torch.Tensor, int]] = {}
+    for group, piece, slow in zip(groups, pieces, generic):
+        if not slow:
+            for name in group.gated_modules:
+                gate_of[modules[name]] = (piece, channel_dim(modules[name]))
+    pending: dict[nn.Module, torch.Tensor | None] = {}
 
     def strip(module, args):
         primal, tangent = fwAD.unpack_dual(args[0])
-        if tangent is None:
-            return None
         pending[module] = tangent
-        return (primal,) + tuple(args[1:])
+        return None if tangent is None else (primal,) + tuple(args[1:])
 
     def attach(module, args, out):
-        tangent = pending.pop(module, None)
-        if tangent is None:
-            return None
-        with torch.no_grad():  # tangents are values, never differentiated: keep them off the graph
-            tangent = LINEAR_TANGENTS[type(module)](module, tangent)
-        return fwAD.make_dual(out, tangent)
-
-    for module in model.modules():
-        if type(module) in LINEAR_TANGENTS and not (
-            isinstance(module, nn.modules.batchnorm._BatchNorm) and module.running_var is None
-        ):
-            handles.append(module.register_forward_pre_hook(strip))
-            handles.append(module.register_forward_hook(attach, prepend=True))
-    try:
-        yield
-    finally:
-        for h in handles:
-            h.remove()
-
-
-@contextlib.contextmanager
-def unit_tangent_gates(model: nn.Module, groups: Sequence[ChannelGroup], gates: torch.Tensor) -> Iterator[None]:
-    """Inside a dual level: gates (value 1, requiring grad) whose forward-mode tangent is all ones.
-
-    Because the gate's value and tangent are both 1, the gated output's tangent is
-    ``tangent + primal``, computed without autograd; only the primal ``out * c`` enters the graph
-    that the reverse pass differentiates. Groups with channel LayerNorms need the gate inside the
-    normalisation statistics and take the generic dual-gate path instead.
-    """
-    generic = [g.normalized_modules != () for g in groups]
-    pieces = split_flat(gates, groups)
-    tangent_ones = split_flat(fwAD.make_dual(gates, torch.ones_like(gates)), groups)
-    modules = dict(model.named_modules())
-
-    def fast(module, args, out, gate, dim):
-        primal, tangent = fwAD.unpack_dual(out)
+        stripped = module in pending
+        primal, tangent = (out, pending.pop(module)) if stripped else fwAD.unpack_dual(out)
+        site = gate_of.get(module)
+        if site is None:  # a linear layer that carries no gate: its tangent only
+            if tangent is None:
+                return None
+            with torch.no_grad():  # tangents are values, never differentiated: keep them off the graph
+                tangent = LINEAR_TANGENTS[type(module)](module, tangent)
+            return fwAD.make_dual(primal, tangent)  # outside no_grad: keeps primal's graph
+        gate, dim = site
+        bn = _eval_batchnorm(module) and _frozen(module)
+        if bn:  # the module's own graph is dropped; the gate node differentiates BN itself
+            gated = _GatedEvalBatchNorm.apply(args[0], gate, primal.detach(), _batchnorm_slope(module, primal), dim)
+        else:
+            gated = _UnitGate.apply(primal, gate, dim)
+        if not tangents:
+            return gated
+        # Gate value and tangent are both 1: the gated output's tangent is ``tangent + primal``.
         with torch.no_grad():
-            new_tangent = primal.clone() if tangent is None else tangent + primal  # own storage: in-place ops follow
-        return fwAD.make_dual(primal * broadcast_gate(gate, primal, dim), new_tangent)
+            if tangent is None:
+                tangent = primal.clone()  # own storage: in-place ops follow
+            elif not stripped:
+                tangent = tangent + primal
+            elif bn:
+                tangent = torch.addcmul(primal, tangent, _batchnorm_slope(module, primal))
+            else:
+                tangent = LINEAR_TANGENTS[type(module)](module, tangent).add_(primal)
+        return fwAD.make_dual(gated, tangent)
 
     handles = []
     try:
-        fast_groups = [g for g, slow in zip(groups, generic) if not slow]
-        fast_pieces = [p for p, slow in zip(pieces, generic) if not slow]
-        for group, gate in zip(fast_groups, fast_pieces):
-            for name in group.gated_modules:
-                module = modules[name]
-                handles.append(
-                    module.register_forward_hook(
-                        lambda m, i, out, gate=gate, dim=channel_dim(module): fast(m, i, out, gate, dim)
-                    )
-                )
+        for module in model.modules():
+            linear = tangents and _has_linear_tangent(module)
+            if linear:
+                handles.append(module.register_forward_pre_hook(strip))
+            if linear or module in gate_of:
+                handles.append(module.register_forward_hook(attach, prepend=True))
         slow_groups = [g for g, slow in zip(groups, generic) if slow]
-        slow_gates = [t for t, slow in zip(tangent_ones, generic) if slow]
+        slow_gates = [p for p, slow in zip(pieces, generic) if slow]
+        if tangents:
+            slow_gates = [fwAD.make_dual(p, torch.ones_like(p)) for p in slow_gates]
         with gates_applied(model, slow_groups, slow_gates):
             yield
     finally:
         for h in handles:
             h.remove()
+        pending.clear()
+
+
+def unit_gates_applied(model: nn.Module, groups: Sequence[ChannelGroup], gates: torch.Tensor):
+    """:func:`sosp.structures.gates_applied` for one flat gate vector whose values are all exactly 1.
+
+    The same forward values and gate gradients, cheaper: neither pass multiplies an activation by
+    ones, and at a frozen eval-mode BatchNorm the gate's node also differentiates the BatchNorm
+    (:class:`_GatedEvalBatchNorm`). Only for gates at 1 (the scoring point, docs/method.md section 1),
+    shared by the batch, and first derivatives; other values, per-sample gates and double backward
+    (:func:`hessian_ones_combinations`) go through ``gates_applied``.
+    """
+    return _unit_gate_hooks(model, groups, gates, tangents=False)
+
+
+def unit_tangent_forward(model: nn.Module, groups: Sequence[ChannelGroup], gates: torch.Tensor):
+    """Inside a dual level: :func:`unit_gates_applied` with every gate's forward-mode tangent at 1.
+
+    Tangents go through conv/linear/eval-BN layers by hand (:data:`LINEAR_TANGENTS`, strip the input
+    tangent before the layer, attach the output tangent after it) and through everything else by
+    PyTorch's forward AD. At a gate site the gate's own contribution is added: value and tangent 1
+    make the gated output's tangent ``tangent + primal``, one fused ``primal + slope * tangent`` at
+    a gated eval BatchNorm. Only the primal enters the graph of the reverse pass. Groups with channel
+    LayerNorms or sliced BatchNorms take dual gates through ``gates_applied``.
+    """
+    return _unit_gate_hooks(model, groups, gates, tangents=True)
 
 
 def _gate_dtype(model: nn.Module) -> tuple[torch.dtype, torch.device]:
@@ -175,7 +276,7 @@ def ggn_ones_combinations(
     gates = torch.ones(total_structures(groups), dtype=dtype, device=device, requires_grad=True)
     with scoring_mode(model):
         with fwAD.dual_level():
-            with unit_tangent_gates(model, groups, gates), linear_tangents(model):
+            with unit_tangent_forward(model, groups, gates):
                 logits, u = fwAD.unpack_dual(model(x))
             u = u.detach()
         # The reverse pass runs outside the dual level: inside it, every backward op would also
@@ -184,8 +285,9 @@ def ggn_ones_combinations(
         r = softmax_hessian_product(logits.detach(), u.to(p.dtype))
         residual = p - F.one_hot(y, p.shape[-1]).to(p.dtype)  # d loss_n / d logits_n
         cotangents = torch.stack([(a * residual + b * r) / len(x) for a, b in combinations]).to(logits.dtype)
-        # One reverse pass per combination on the retained graph (measured faster on CPU than
-        # batching the cotangents with is_grads_batched, and it needs no extra activation memory).
+        # One reverse pass per combination on the retained graph: batching the cotangents into one
+        # 2B-sample backward (is_grads_batched) does the same work and measured slower on CPU (a
+        # 2B-sample conv backward falls out of cache), and needs more activation memory.
         return [
             torch.autograd.grad(logits, gates, c, retain_graph=i < len(cotangents) - 1)[0]
             for i, c in enumerate(cotangents)

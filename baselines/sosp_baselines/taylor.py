@@ -37,10 +37,10 @@ import torch.nn.functional as F
 
 from sosp import selection
 from sosp.batches import limit_samples, to_device
-from sosp.curvature import scoring_mode
+from sosp.curvature import scoring_mode, unit_gates_applied
 from sosp.errors import ConfigError, SospError, check_positive_int
 from sosp.registry import Option, method
-from sosp.structures import ChannelGroup, channel_groups, gates_applied, split_flat, total_structures
+from sosp.structures import ChannelGroup, channel_groups, split_flat, total_structures
 from sosp.utils import progress, train_mode
 
 
@@ -50,7 +50,7 @@ def minibatch_gate_gradient(
     """``dL_m/dc`` at ``c = 1`` for one mini-batch (flat over all structures)."""
     p = next(model.parameters())
     gates = torch.ones(total_structures(groups), dtype=p.dtype, device=p.device, requires_grad=True)
-    with scoring_mode(model), gates_applied(model, groups, gates):
+    with scoring_mode(model), unit_gates_applied(model, groups, gates):  # as SOSP-H: same optimisation level
         loss = F.cross_entropy(model(x), y)
         (grad,) = torch.autograd.grad(loss, gates)
     return grad
