@@ -54,4 +54,4 @@ benchmarks-gpu: $(STAMP)
 	$(BIN)/python benchmarks/gpu.py
 
 benchmarks-workflow: $(STAMP)
-	$(BIN)/python benchmarks/workflow.py --run --cores $(CORES) --snakemake-args "--forceall"
+	$(BIN)/python benchmarks/workflow.py --run --fresh --cores $(CORES)

@@ -6,11 +6,18 @@ Inputs:
   ``<workdir>/results/default/benchmarks``): the rules write ``benchmarks/<rule>/<stem>.tsv``
   (workflow/rules/*.smk: train, prune, finetune, measure), one TSV per job with Snakemake's columns
   ``s`` (wall seconds of the job), ``max_rss`` (MB), ``cpu_time`` (s), ``mean_load`` (%), ...
-- the records the same jobs wrote, ``<benchmarks-dir>/../records/<stem>.json``, whose own timing
-  fields give the compute inside each job: ``train_seconds`` (rule ``train``: the SGD epochs incl.
-  per-epoch validation and checkpoints), ``prune_seconds`` (rule ``prune``: scoring + selection +
-  surgery; ``saliency_seconds`` is reported too) and ``finetune_seconds`` (rule ``finetune``).
-  Other rules (``measure``: parameter/MAC counts and latency timing) count as no compute.
+- the records the same jobs wrote, ``<benchmarks-dir>/../records/<stem>.json`` (or, for a job that
+  wrote several, every ``pruned.json`` / ``finetuned.json`` / record below ``records/<stem>/``), whose
+  own timing fields give the compute inside each job: ``train_seconds`` (rule ``train``: the SGD
+  epochs incl. per-epoch validation and checkpoints), ``prune_seconds`` (rule ``prune``: scoring +
+  selection + surgery, the scoring shared by the ratios counted once; ``saliency_seconds`` is
+  reported too), ``finetune_seconds`` (rules ``finetune``/``finetune_widened``, one job per model
+  or per (net, seed, method); a fine-tuning reused from its checkpoint folder, ``details.
+  finetune_reused``, counts 0) and ``details.measure_seconds`` (rules ``measure``/``measure_widened``:
+  loading, parameter/MAC counts and latency timing of each model; records from before it existed
+  count the job as no compute). Rules without a ``benchmark:`` file (data, bottleneck's reports,
+  runs, tables, figures) are not counted, but the Snakemake log's step count gives every job
+  (``planned_jobs``).
 - the workflow's wall time, in order of preference: ``--wall SECONDS``; measured by ``--run``
   (runs ``snakemake --cores N --profile workflow/profiles/default [--snakemake-args]`` in
   ``--workdir``, timing it); or read from the newest Snakemake log in ``<workdir>/.snakemake/log``
@@ -25,7 +32,13 @@ overlapped). ``in_job_overhead_seconds = job_seconds - compute_seconds`` is what
 outside its own compute (interpreter start, imports, data loading, final evaluation, saving).
 
     python benchmarks/workflow.py --quick                 # parse what the last `make workflow` left
-    python benchmarks/workflow.py --run --snakemake-args "--forceall"   # re-run everything, timed
+    python benchmarks/workflow.py --run --fresh           # run the whole workflow in a fresh copy, timed
+    python benchmarks/workflow.py --run --fresh --tier bench --snakemake-args "--configfile bench.yaml"
+
+``--fresh`` copies Snakefile, workflow/ and config/ (and any ``--configfile`` given) into a new
+temporary folder and runs there: no earlier output, checkpoint or kept fine-tuning can shorten the
+run, and nothing in the checkout is overwritten (``--forceall`` in the checkout would reuse the
+fine-tunings kept in ``work/<tier>/checkpoints``).
 """
 
 from __future__ import annotations
@@ -35,9 +48,11 @@ import datetime
 import json
 import re
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -45,8 +60,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import common  # noqa: E402
 
-COMPUTE_FIELDS = {"train": "train_seconds", "prune": "prune_seconds", "finetune": "finetune_seconds"}
+#: benchmark folder (rules finetune and finetune_widened share finetune/, measure and measure_widened
+#: measure/) -> the record field holding the compute of its jobs
+COMPUTE_FIELDS = {
+    "train": "train_seconds",
+    "prune": "prune_seconds",
+    "finetune": "finetune_seconds",
+    "measure": "measure_seconds",
+}
+OVERHEAD_RULES = ("train", "prune", "finetune")
 EXTRA_FIELDS = {"prune": ["saliency_seconds"]}
+#: rule -> the record file name its jobs write (one per model) when a job writes several
+STAGE_FILES = {"prune": "pruned.json", "finetune": "finetuned.json"}
 
 
 def read_benchmark(path: Path) -> dict:
@@ -89,16 +114,14 @@ def collect(bench_dir: Path, since: float | None = None) -> list[dict]:
             "mean_load": _float(b.get("mean_load")),
         }
         field = COMPUTE_FIELDS.get(rule)
-        record_path = records_dir / stem.with_suffix(".json")
-        record = {}
-        if record_path.is_file():
-            try:
-                record = json.loads(record_path.read_text())
-            except (OSError, ValueError):
-                record = {}
-        if not record and rule == "prune":
+        record = _record(records_dir / stem.with_suffix(".json"))
+        if rule.startswith("measure"):
+            record = _measured(records_dir / stem)
+        elif not record and rule == "prune":
             record = _multi_ratio_prune(records_dir / stem)
-        job["compute"] = _float(record.get(field)) if field else None
+        elif not record and rule in STAGE_FILES:
+            record = _summed(records_dir / stem, STAGE_FILES[rule], field)
+        job["compute"] = _compute(record, field) if field else None
         job["record_found"] = bool(record)
         for extra in EXTRA_FIELDS.get(rule, []):
             job[extra] = _float(record.get(extra))
@@ -106,16 +129,45 @@ def collect(bench_dir: Path, since: float | None = None) -> list[dict]:
     return jobs
 
 
+def _record(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _compute(record: dict, field: str) -> float | None:
+    """A record's compute seconds in ``field`` (a top-level column, or ``details.measure_seconds``);
+    0 for a fine-tuning reused from its checkpoint folder."""
+    details = record.get("details") or {}
+    if field == "finetune_seconds" and details.get("finetune_reused"):
+        return 0.0
+    return _float(record.get(field, details.get(field)))
+
+
+def _summed(folder: Path, name: str, field: str) -> dict:
+    """One job wrote a record ``name`` per model below ``folder`` (a fine-tuning family): its compute
+    is their sum."""
+    seconds = [_compute(_record(p), field) for p in sorted(folder.rglob(name))]
+    seconds = [s for s in seconds if s is not None]
+    return {field: sum(seconds)} if seconds else {}
+
+
+def _measured(folder: Path) -> dict:
+    """A measuring job of one (net, seed) completed every record below ``folder``: the sum of their
+    ``details.measure_seconds``."""
+    seconds = [_compute(_record(p), "measure_seconds") for p in sorted(folder.rglob("*.json"))]
+    seconds = [s for s in seconds if s is not None]
+    return {"measure_seconds": sum(seconds)} if seconds else {}
+
+
 def _multi_ratio_prune(folder: Path) -> dict:
     """One prune job scores once and writes a record per ratio (``<stem>/r<ratio>/pruned.json``), each
     ``prune_seconds`` = shared scoring + its own selection and surgery: count the scoring once."""
-    records = []
-    for path in sorted(folder.glob("r*/pruned.json")):
-        try:
-            records.append(json.loads(path.read_text()))
-        except (OSError, ValueError):
-            continue
-    seconds = [(_float(r.get("prune_seconds")), _float(r.get("saliency_seconds"))) for r in records]
+    records = [_record(p) for p in sorted(folder.glob("r*/pruned.json"))]
+    seconds = [(_float(r.get("prune_seconds")), _float(r.get("saliency_seconds"))) for r in records if r]
     seconds = [(p, s or 0.0) for p, s in seconds if p is not None]
     if not seconds:
         return {}
@@ -123,7 +175,9 @@ def _multi_ratio_prune(folder: Path) -> dict:
     return {"prune_seconds": scoring + sum(p - s for p, s in seconds), "saliency_seconds": scoring}
 
 
-def summarise(jobs: list[dict], wall: float | None, wall_source: str, env: dict) -> list[dict]:
+def summarise(
+    jobs: list[dict], wall: float | None, wall_source: str, env: dict, planned_jobs: int | None = None
+) -> list[dict]:
     rows = []
     for rule in sorted({j["rule"] for j in jobs}):
         js = [j for j in jobs if j["rule"] == rule]
@@ -152,13 +206,17 @@ def summarise(jobs: list[dict], wall: float | None, wall_source: str, env: dict)
             row["note"] = f"{len(js) - len(compute)} job(s) without a record {field}: counted as overhead"
         rows.append(row)
     job_total = sum(r["job_seconds"] for r in rows)
-    compute_total = sum(r["compute_seconds"] for r in rows)
+    # the compute that the overhead is measured against: training, pruning and fine-tuning (measuring is
+    # reported on its own, measure_compute_seconds, as records before details.measure_seconds lack it)
+    compute_total = sum(r["compute_seconds"] for r in rows if r["rule"] in OVERHEAD_RULES)
     total = {
         "rule": "ALL",
         "jobs": sum(r["jobs"] for r in rows),
+        "planned_jobs": planned_jobs,
         "job_seconds": job_total,
-        "compute_field": "+".join(COMPUTE_FIELDS.values()),
+        "compute_field": "+".join(COMPUTE_FIELDS[r] for r in OVERHEAD_RULES),
         "compute_seconds": compute_total,
+        "measure_compute_seconds": sum(r["compute_seconds"] for r in rows if r["rule"] == "measure"),
         "in_job_overhead_seconds": job_total - compute_total,
         "compute_fraction_of_job": compute_total / job_total if job_total else None,
         "cpu_seconds": sum(r["cpu_seconds"] for r in rows),
@@ -181,6 +239,12 @@ def summarise(jobs: list[dict], wall: float | None, wall_source: str, env: dict)
 
 _STAMP = re.compile(r"^\[(\w{3} \w{3} +\d+ \d\d:\d\d:\d\d \d{4})\]$")
 _ELAPSED = re.compile(r"^Elapsed time: (?:(\d+) days?, )?(\d+):(\d\d):(\d\d(?:\.\d+)?)")
+
+
+def planned_from_log(path: str | Path) -> int | None:
+    """Jobs of a run, from its Snakemake log's last ``i of N steps`` line (every rule, local ones too)."""
+    found = re.findall(r"\d+ of (\d+) steps", Path(path).read_text(errors="replace"))
+    return int(found[-1]) if found else None
 
 
 def wall_from_log(workdir: Path) -> tuple[float, float, str] | None:
@@ -232,30 +296,56 @@ def run_snakemake(workdir: Path, cores: int, extra: str) -> tuple[float, float]:
     return time.perf_counter() - t0, start
 
 
+def fresh_copy(workdir: Path, extra: str) -> Path:
+    """A new temporary folder holding ``workdir``'s Snakefile, workflow/ and config/ and every
+    ``--configfile`` of ``extra`` (same relative path): a fresh clone without outputs or checkpoints."""
+    dest = Path(tempfile.mkdtemp(prefix="sosp-workflow-"))
+    for name in ("Snakefile", "workflow", "config"):
+        src = workdir / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, dest / name)
+    words = shlex.split(extra)
+    for i, word in enumerate(words[:-1]):
+        if word in ("--configfile", "--configfiles") and not (dest / words[i + 1]).exists():
+            target = dest / words[i + 1]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(workdir / words[i + 1], target)
+    return dest
+
+
 def main(argv=None) -> int:
     parser = common.base_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", type=Path, default=common.ROOT, help="the workflow's directory")
+    parser.add_argument("--tier", default="default", help="tier whose benchmarks are read")
+    parser.add_argument("--benchmarks-dir", type=Path, default=None, help="default <workdir>/results/<tier>/benchmarks")
     parser.add_argument(
-        "--benchmarks-dir", type=Path, default=None, help="default <workdir>/results/default/benchmarks"
+        "--fresh",
+        action="store_true",
+        help="with --run: run in a fresh temporary copy of the workflow (kept; its path is logged)",
     )
     parser.add_argument("--wall", type=float, default=None, help="the workflow's wall time in seconds")
     parser.add_argument("--run", action="store_true", help="run snakemake in --workdir and time it")
     parser.add_argument("--cores", type=int, default=2, help="snakemake --cores for --run")
     parser.add_argument("--snakemake-args", default="", help="extra snakemake arguments for --run, e.g. --forceall")
     args = parser.parse_args(argv)
-    bench_dir = args.benchmarks_dir or args.workdir / "results" / "default" / "benchmarks"
-    since, source = None, "none"
+    if args.fresh and args.run:
+        args.workdir = fresh_copy(args.workdir, args.snakemake_args)
+        common.log(f"fresh copy of the workflow: {args.workdir}")
+    bench_dir = args.benchmarks_dir or args.workdir / "results" / args.tier / "benchmarks"
+    since, source, planned = None, "none", None
     wall = args.wall
     if wall is not None:
         source = "--wall"
     elif args.run:
         wall, since = run_snakemake(args.workdir, args.cores, args.snakemake_args)
         source = f"measured: snakemake --cores {args.cores} {args.snakemake_args}".strip()
+        found = wall_from_log(args.workdir)
+        planned = planned_from_log(found[2]) if found else None
     else:
         found = wall_from_log(args.workdir)
         if found:
             wall, since, log = found
             source = f"log: {Path(log).name}"
+            planned = planned_from_log(log)
     if not bench_dir.is_dir():
         raise SystemExit(f"no benchmark folder {bench_dir}; run the workflow first or pass --benchmarks-dir")
     jobs = collect(bench_dir, since)
@@ -263,10 +353,11 @@ def main(argv=None) -> int:
         common.log("no benchmark file was written during that run; counting all of them")
         jobs = collect(bench_dir)
     env = common.environment()
-    rows = summarise(jobs, wall, source, env)
+    rows = summarise(jobs, wall, source, env, planned)
     for r in rows:
         common.log(
-            f"  {r['rule']:9s} jobs {r['jobs']:3d}  job {r['job_seconds']:8.1f} s  compute "
+            f"  {r['rule']:9s} jobs {r['jobs']:3d}{'/' + str(r['planned_jobs']) if r.get('planned_jobs') else ''}"
+            f"  job {r['job_seconds']:8.1f} s  compute "
             f"{r['compute_seconds']:8.1f} s  in-job overhead {r['in_job_overhead_seconds']:7.1f} s"
             + (
                 f"  wall {r['wall_seconds']:.1f} s ({r['wall_source']}), overhead {r['overhead_seconds']:.1f} s"

@@ -8,9 +8,11 @@ worker script: each worker joins the gloo group, trains, and saves its rank's we
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -297,3 +299,18 @@ def test_cuda_bf16_autocast_and_channels_last():
 
 if __name__ == "__main__":
     worker(sys.argv[1:])
+
+
+def test_the_cli_trains_on_two_processes_and_rank_0_writes_once(tmp_path):
+    """`sosp train --nproc 2` launches two gloo workers; one model and one record come out, and the
+    record says how it ran (world size, per-rank batch)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "SOSP_DEBUG": ""}
+    command = [sys.executable, "-m", "sosp.cli", "train", "--dataset", "digits", "--arch", "resnet20"]
+    command += ["--epochs", "1", "--batch-size", "64", "--nproc", "2", "--quiet"]
+    command += ["--out", str(tmp_path / "m.pt"), "--record", str(tmp_path / "r.json")]
+    proc = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = json.loads((tmp_path / "r.json").read_text())
+    assert record["details"]["runtime"]["world_size"] == 2
+    assert record["details"]["runtime"]["per_rank_batch_size"] == 32
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt", "r.json"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -310,3 +311,109 @@ def test_every_figure_draws_from_records(study, tmp_path):
     assert {t.get_text() for t in fig.axes[0].get_legend().get_texts()} == {"original", "bottleneck-x2"}
     for name, fn in plots.FIGURES.items():  # no data: a placeholder, never an error
         assert _is_placeholder(fn(df.iloc[0:0], bottleneck=[])), name
+
+
+# ---------------------------------------------------------------------------------------------------
+# config_hash: which config made a record
+# ---------------------------------------------------------------------------------------------------
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _tier_config(name: str = "config.yaml") -> dict:
+    """A tier's config as the workflow sees it: over config/config.yaml, validated, schema defaults in."""
+    import yaml
+    from snakemake.utils import validate
+
+    def merge(base, overlay):
+        out = dict(base)
+        for k, v in overlay.items():
+            out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        return out
+
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    if name != "config.yaml":
+        config = merge(config, yaml.safe_load((REPO / "config" / name).read_text()))
+    validate(config, str(REPO / "workflow" / "schemas" / "config.schema.yaml"))
+    return config
+
+
+def test_config_hash_covers_what_decides_a_record():
+    from sosp.config_hash import config_hash
+
+    config = _tier_config()
+    digest = config_hash(config)
+    assert len(digest) == 12 and digest == config_hash(json.loads(json.dumps(config)))
+
+    def changed(path: str, value) -> str:
+        other = json.loads(json.dumps(config))
+        *parents, key = path.split(".")
+        node = other
+        for p in parents:
+            node = node[p]
+        node[key] = value
+        return config_hash(other)
+
+    for path, value in [
+        ("finetune.epochs", 4),
+        ("train.lr", 0.05),
+        ("prune.min_fraction", 0.2),
+        ("prune.samples", 128),
+        ("dataset.val_fraction", 0.2),
+        ("arch_options.vgg11", {}),
+        ("measure.latency_batches", [1]),
+        ("bottleneck.factor", 3.0),
+        ("device", "cuda"),
+        ("base.from", "scratch"),
+    ]:
+        assert changed(path, value) != digest, path
+    # which records exist, pure timing knobs, where things go, the report and the job resources
+    for path, value in [
+        ("seeds", [0, 1, 2]),
+        ("archs", ["resnet20"]),
+        ("prune.ratios", [0.5]),
+        ("prune.methods", ["sosp_h"]),
+        ("prune.target", "structures"),
+        ("prune.timed", True),
+        ("prune.warmup_batches", 3),
+        ("measure.iters", 100),
+        ("measure.warmup", 20),
+        ("measure.exclusive", False),
+        ("tier", "other"),
+        ("results_dir", "elsewhere"),
+        ("report.formats", ["svg"]),
+        ("resources.finetune", {"threads": 4}),
+        ("batch.finetune", "model"),
+        ("base.cache_dir", "/scratch/weights"),
+        ("bottleneck.methods", ["sosp_h", "taylor"]),
+    ]:
+        assert changed(path, value) == digest, path
+    assert changed("bottleneck.factor", 2) == digest  # 2 and 2.0 alike
+
+
+def test_records_of_another_config_are_refused(records, tmp_path):
+    for i, rec in enumerate(records):
+        rec["config_hash"] = "aaaaaaaaaaaa" if i != 3 else "bbbbbbbbbbbb"
+        (tmp_path / f"r{i}.json").write_text(json.dumps(rec))
+    with pytest.raises(DataError, match=r"1 of 7 records were made by a different config \(e\.g\. .*r3\.json"):
+        results.collect([tmp_path], config_hash="aaaaaaaaaaaa")
+    assert len(results.collect([tmp_path])) == 7  # without a hash to check, nothing is refused
+    from sosp import cli
+
+    out = tmp_path / "out"
+    assert cli.main(["report", str(tmp_path), "--out-dir", str(out), "--only", "runs", "--config-hash", "a" * 12]) == 2
+    assert not (out / "runs.csv").exists()
+    # records made before config_hash existed are counted, not refused
+    unstamped = [{k: v for k, v in rec.items() if k != "config_hash"} for rec in records]
+    assert results.check_config_hash(((f"r{i}", r) for i, r in enumerate(unstamped)), "a" * 12) == 7
+
+
+def test_committed_default_records_match_the_default_config():
+    """results/default/records were made by config/config.yaml. Records that predate config_hash are not
+    checked (the test skips until the tier is rerun and they carry it)."""
+    from sosp.config_hash import config_hash
+
+    folder = REPO / "results" / "default" / "records"
+    stamped = [(p, results.read_record(p)) for p in results.record_paths([folder])]
+    if not any(r.get("config_hash") for _, r in stamped):
+        pytest.skip("the committed default records predate config_hash: rerun the default tier to check them")
+    assert results.check_config_hash(stamped, config_hash(_tier_config())) == 0, "every record carries the hash"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from ..errors import DataError
 from .args import ratio
-from .common import load, log, read_record
+from .common import load, log
 
 
 def add_parser(sub) -> None:
@@ -66,7 +66,7 @@ def cmd_bottleneck(args) -> None:
     paths = results.record_paths(args.report)
     if not paths:
         raise DataError(f"no records found in {' '.join(args.report)}")
-    records = [read_record(str(p)) for p in paths]
+    records = [results.read_record(p) for p in paths]
     analysis = bottleneck.analyse(
         model,
         meta,

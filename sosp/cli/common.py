@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import sys
 import time
@@ -33,7 +34,7 @@ def quiet() -> bool:
 
 def setup(args) -> None:
     global _QUIET
-    _QUIET = bool(getattr(args, "quiet", False))
+    _QUIET = bool(getattr(args, "quiet", False)) or os.environ.get("RANK", "0") != "0"  # one rank logs
     utils.show_progress(not _QUIET)
     threads = getattr(args, "threads", None)
     if threads:
@@ -131,14 +132,123 @@ def checkpoint_dir(root: str | None, **key) -> Path | None:
     return Path(root) / digest
 
 
-def log_resume(folder: Path | None) -> None:
-    if folder is not None and (folder / "last.pt").exists():
-        log(f"resuming from the checkpoint {folder / 'last.pt'} of an interrupted run")
+def weights_digest(model) -> str:
+    """Digest of a model's architecture (its ``repr``) and every tensor of its state: two files hold the
+    same model exactly when their digests agree, whatever else their metadata says."""
+    import torch
+
+    h = hashlib.sha1(repr(model).encode())
+    for name, tensor in model.state_dict().items():
+        t = tensor.detach().to("cpu").contiguous().reshape(-1)
+        h.update(f"{name}:{t.dtype}:{tuple(tensor.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def drop_checkpoint(folder: Path | None, keep: bool) -> None:
-    if folder is not None and not keep:
+    """Remove a finished run's checkpoint folder (rank 0 only, as it alone writes it)."""
+    from .. import distributed
+
+    if folder is not None and not keep and distributed.is_main():
         shutil.rmtree(folder, ignore_errors=True)
+
+
+#: a finished run kept in its checkpoint folder: the model file (a hard link to the output) and its
+#: history and compute seconds
+_DONE_MODEL, _DONE_RUN = "done.pt", "done.json"
+
+
+def _keep_finished(folder: Path, out: str, history: dict, seconds: float) -> None:
+    """Replace ``folder/last.pt`` (model and optimizer state) by the finished run: a hard link to the
+    model file just written (a copy where links are impossible), so keeping it costs no disk while the
+    output exists, and the output's removal (Snakemake deletes a job's outputs before rerunning it)
+    does not lose it."""
+    from ..io import write_json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{_DONE_MODEL}.tmp"
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(out, tmp)
+    except OSError:
+        shutil.copyfile(out, tmp)
+    os.replace(tmp, folder / _DONE_MODEL)
+    write_json(folder / _DONE_RUN, {"history": history, "seconds": seconds})
+    (folder / "last.pt").unlink(missing_ok=True)
+
+
+def _finished(folder: Path | None):
+    """``(model, history, seconds)`` of a finished run kept in ``folder``, or None."""
+    from ..io import read_json
+
+    if folder is None or not (folder / _DONE_RUN).is_file() or not (folder / _DONE_MODEL).is_file():
+        return None
+    done = read_json(folder / _DONE_RUN)
+    model, _ = load(str(folder / _DONE_MODEL))
+    return model, done["history"], float(done["seconds"])
+
+
+def train_and_save(
+    model,
+    bundle,
+    config,
+    args,
+    *,
+    seed: int,
+    checkpoints: Path | None,
+    what: str,
+    out: str,
+    record_path: str,
+    build,
+    reuse: bool = False,
+) -> None:
+    """The sequence of `train` and `finetune`: train ``model`` by ``config`` (resuming from
+    ``checkpoints/last.pt`` if an interrupted run left one), evaluate it on ``--eval-split``, make its
+    record and metadata by ``build(history, seconds, metric_fields, reused)`` and write both.
+
+    ``seconds`` is the compute time of every epoch: this call's training time plus the recorded time
+    of the epochs a checkpoint already held. With ``reuse``, a finished run kept in ``checkpoints``
+    (same key: same input weights, data, recipe and seed) is evaluated and written again instead of
+    trained (``reused`` is then true and ``seconds`` the time it took when it ran), and every finished
+    run is kept there for the next call; the caller drops the folder when it is no longer wanted.
+    """
+    from .. import train
+
+    finished = _finished(checkpoints) if reuse else None
+    if finished is not None:
+        model, history, seconds = finished
+        log(f"reusing the finished {what} in {checkpoints} (same input weights, data, recipe and seed)")
+    else:
+        if checkpoints is not None and (checkpoints / "last.pt").exists():
+            log(f"resuming from the checkpoint {checkpoints / 'last.pt'} of an interrupted run")
+        ran = []
+        log_epoch = epoch_logger(config.epochs, what)
+
+        def log_and_count(rec: dict) -> None:
+            ran.append(rec["epoch"])
+            log_epoch(rec)
+
+        t0 = time.perf_counter()
+        history = train.train(
+            model,
+            bundle,
+            config,
+            seed=seed,
+            checkpoint_dir=checkpoints,
+            device=args.device,
+            progress=not quiet(),
+            log=log_and_count,
+        )
+        restored = history["seconds"][: len(history["seconds"]) - len(ran)]
+        seconds = time.perf_counter() - t0 + sum(restored)
+    record, meta = build(history, seconds, evaluate(model, bundle, args), finished is not None)
+    record.setdefault("details", {})["runtime"] = train.runtime_options(config, args.device)
+    from .. import distributed
+
+    if distributed.is_main():  # data-parallel workers all train and evaluate; rank 0 alone writes
+        save(out, model, meta, record, record_path)
+        if reuse and checkpoints is not None:
+            _keep_finished(checkpoints, out, history, seconds)
 
 
 def epoch_logger(total: int, what: str):
@@ -212,22 +322,10 @@ def base_record(meta: dict, args) -> dict:
     return record
 
 
-def read_record(path: str, tier: str | None = None) -> dict:
-    from ..io import read_json
-
-    if not Path(path).is_file():
-        raise DataError(f"record file not found: {path}")
-    try:
-        record = read_json(path)
-    except ValueError as exc:
-        raise DataError(f"cannot read record {path}: {exc}") from None
-    if tier:
-        record["tier"] = tier
-    return record
-
-
 def input_record(args, meta: dict, path: str | None = None) -> dict:
     """The record to update: ``path`` (default ``--record``) if given, else the one stored with the model."""
+    from ..results import read_record
+
     path = path if path is not None else getattr(args, "record", None)
     if path:
         return read_record(path, args.tier)

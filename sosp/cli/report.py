@@ -39,19 +39,21 @@ def add_parser(sub) -> None:
         help="analyses of `sosp bottleneck` (files, or folders searched for *.json) for the layer_ratios figure",
     )
     p.add_argument("--formats", nargs="+", default=["png", "pdf"], help="figure formats (default png pdf)")
+    p.add_argument(
+        "--config-hash",
+        metavar="HASH",
+        help="fail if a record carries another config_hash (it was made by another config; the workflow "
+        "passes its own, sosp.config_hash)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress output")
 
 
 def _bottleneck_analyses(paths) -> list[dict]:
     from ..io import read_json
+    from ..results import record_paths
 
-    found = []
-    for p in map(Path, paths or ()):
-        found += sorted(p.rglob("*.json")) if p.is_dir() else [p] if p.exists() else []
-        if not p.exists():
-            raise DataError(f"bottleneck analysis not found: {p}")
     analyses = []
-    for path in found:
+    for path in record_paths(paths or (), what="bottleneck analysis"):
         try:
             analysis = read_json(path)
         except ValueError as exc:
@@ -74,7 +76,10 @@ def cmd_report(args) -> None:
         paths = results.record_paths(args.records)
         if not paths:
             raise DataError(f"no records found in {' '.join(args.records)}")
-        df = results.collect(paths)
+        df = results.collect(paths, config_hash=args.config_hash)
+        unchecked = int(df["config_hash"].isna().sum()) if args.config_hash else 0
+        if unchecked:
+            log(f"warning: {unchecked} of {len(df)} records carry no config_hash (made before it existed): not checked")
     written = []
     if "runs" in args.only:
         results.write_runs_csv(df, out / "runs.csv")

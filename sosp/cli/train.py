@@ -3,21 +3,15 @@ study) and write it with its record."""
 
 from __future__ import annotations
 
-import time
-
 from .args import add_data, add_eval, add_run, add_train_config, key_value, load_mapping
 from .common import (
     checkpoint_dir,
     data_options,
     drop_checkpoint,
-    epoch_logger,
-    evaluate,
     load_data,
     log,
-    log_resume,
-    quiet,
-    save,
     summary,
+    train_and_save,
     train_config,
 )
 
@@ -80,6 +74,19 @@ def _widths(args) -> tuple[dict, str]:
 
 
 def cmd_train(args) -> None:
+    """With ``--nproc N`` > 1 this process launches N data-parallel workers running the same command
+    (:func:`sosp.distributed.maybe_relaunch`) and exits with their status; each worker (and a plain
+    run) joins the process group and runs :func:`_train`, rank 0 alone writing files."""
+    import sys
+
+    from .. import distributed
+
+    distributed.maybe_relaunch(sys.argv[1:], args.nproc)
+    with distributed.process_group(args.device):
+        _train(args)
+
+
+def _train(args) -> None:
     from .. import models, results, train
 
     data_opts = data_options(args)
@@ -96,7 +103,6 @@ def cmd_train(args) -> None:
         f"training {args.arch}{'' if variant == results.ORIGINAL else f' ({variant})'} ({params:,} params), "
         f"seed {seed}: {config}"
     )
-    t0 = time.perf_counter()
     checkpoints = checkpoint_dir(
         args.checkpoint_dir,
         arch=args.arch,
@@ -105,43 +111,45 @@ def cmd_train(args) -> None:
         seed=seed,
         config=config.to_dict(),
     )
-    log_resume(checkpoints)
-    history = train.train(
+
+    def build(history: dict, seconds: float, fields: dict, reused: bool) -> tuple[dict, dict]:
+        details = {"train_config": config.to_dict(), "arch_options": arch_options, "history": history}
+        if hasattr(model, "width_spec"):
+            details["widths"] = model.width_spec()
+        record = results.make_record(
+            stage,
+            tier=args.tier or "adhoc",
+            dataset=data_opts["name"],
+            arch=args.arch,
+            variant=variant,
+            seed=seed,
+            params=params,
+            train_epochs=config.epochs,
+            train_seconds=seconds,
+            **fields,
+            details=details,
+        )
+        meta = {
+            "record": summary(record),
+            "data": data_opts,
+            "arch": args.arch,
+            "arch_options": arch_options,
+            "num_classes": bundle.num_classes,
+            "input_shape": list(bundle.example_input.shape[1:]),
+            "train_config": config.to_dict(),
+        }
+        return record, meta
+
+    train_and_save(
         model,
         bundle,
         config,
+        args,
         seed=seed,
-        checkpoint_dir=checkpoints,
-        device=args.device,
-        progress=not quiet(),
-        log=epoch_logger(config.epochs, "train"),
+        checkpoints=checkpoints,
+        what="train",
+        out=args.out,
+        record_path=args.record,
+        build=build,
     )
-    seconds = time.perf_counter() - t0
-    fields = evaluate(model, bundle, args)
-    details = {"train_config": config.to_dict(), "arch_options": arch_options, "history": history}
-    if hasattr(model, "width_spec"):
-        details["widths"] = model.width_spec()
-    record = results.make_record(
-        stage,
-        tier=args.tier or "adhoc",
-        dataset=data_opts["name"],
-        arch=args.arch,
-        variant=variant,
-        seed=seed,
-        params=params,
-        train_epochs=config.epochs,
-        train_seconds=seconds,
-        **fields,
-        details=details,
-    )
-    meta = {
-        "record": summary(record),
-        "data": data_opts,
-        "arch": args.arch,
-        "arch_options": arch_options,
-        "num_classes": bundle.num_classes,
-        "input_shape": list(bundle.example_input.shape[1:]),
-        "train_config": config.to_dict(),
-    }
-    save(args.out, model, meta, record, args.record)
     drop_checkpoint(checkpoints, args.keep_checkpoint)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import pandas as pd
@@ -25,8 +25,9 @@ from .records import (
 )
 
 
-def record_paths(paths: Iterable[str | os.PathLike]) -> list[Path]:
-    """Files as given, and every ``*.json`` below each directory given; sorted, no duplicates."""
+def record_paths(paths: Iterable[str | os.PathLike], what: str = "record file") -> list[Path]:
+    """Files as given, and every ``*.json`` below each directory given (not the hidden temporary files
+    of an unfinished write); sorted, no duplicates. The one walk of a records (or analyses) folder."""
     found: set[Path] = set()
     for p in map(Path, paths):
         if p.is_dir():
@@ -34,11 +35,15 @@ def record_paths(paths: Iterable[str | os.PathLike]) -> list[Path]:
         elif p.exists():
             found.add(p)
         else:
-            raise DataError(f"record file not found: {p}")
+            raise DataError(f"{what} not found: {p}")
     return sorted(found)
 
 
-def read_record(path: str | os.PathLike) -> dict:
+def read_record(path: str | os.PathLike, tier: str | None = None) -> dict:
+    """One record file, checked (a JSON object with the identity fields and a known stage); ``tier``,
+    if given, replaces its tier. The one reader of records, for the verbs and for :func:`collect`."""
+    if not Path(path).is_file():
+        raise DataError(f"record file not found: {path}")
     try:
         record = read_json(path)
     except (OSError, ValueError) as exc:
@@ -50,7 +55,31 @@ def read_record(path: str | os.PathLike) -> dict:
         raise DataError(f"record {path} lacks field(s) {', '.join(missing)}")
     if record["stage"] not in STAGES:
         raise DataError(f"record {path} has unknown stage {record['stage']!r}")
+    if tier:
+        record["tier"] = tier
     return record
+
+
+def check_config_hash(records: Iterable[tuple[os.PathLike | str, Mapping]], expected: str) -> int:
+    """Raise ``DataError`` if a record carries a ``config_hash`` other than ``expected`` (it was made by
+    another config than the one given); return how many carry none (made before the field existed,
+    or outside the workflow: not checked)."""
+    other, unchecked, total = [], 0, 0
+    for path, record in records:
+        total += 1
+        found = record.get("config_hash")
+        if found is None:
+            unchecked += 1
+        elif found != expected:
+            other.append((path, found))
+    if other:
+        path, found = other[0]
+        raise DataError(
+            f"{len(other)} of {total} records were made by a different config (e.g. {path} has config_hash "
+            f"{found}; the config gives {expected}): rerun the workflow for this tier, or restore the config "
+            "the records were made with (config_hash covers the keys listed in sosp/config_hash.py)"
+        )
+    return unchecked
 
 
 def _with_layer_fields(record: dict) -> dict:
@@ -63,12 +92,16 @@ def _with_layer_fields(record: dict) -> dict:
     return record
 
 
-def collect(paths: Iterable[str | os.PathLike]) -> pd.DataFrame:
+def collect(paths: Iterable[str | os.PathLike], config_hash: str | None = None) -> pd.DataFrame:
     """One row per record (files, or directories searched for ``*.json``), columns in canonical
-    order (latency columns after the known ones), ``details`` dropped; sorted by the key columns."""
+    order (latency columns after the known ones), ``details`` dropped; sorted by the key columns.
+    With ``config_hash``, :func:`check_config_hash` first (records of another config are an error)."""
+    records = [(path, read_record(path)) for path in record_paths(paths)]
+    if config_hash is not None:
+        check_config_hash(records, config_hash)
     rows = []
-    for path in record_paths(paths):
-        record = _with_layer_fields(read_record(path))
+    for _, record in records:
+        record = _with_layer_fields(record)
         rows.append(
             {
                 k: (json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else v)

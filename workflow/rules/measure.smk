@@ -1,6 +1,8 @@
 # Params, MACs (two counters) and latency (CPU, and GPU when one is present) of every model of one
-# (net, seed), completing each draft record into results/<tier>/records/. One job per (net, seed) keeps
-# the per-process start-up off the critical path; every model is still timed on its own.
+# (net, seed), completing each draft record into results/<tier>/records/ and stamping the config hash
+# into it. One job per (net, seed) keeps the per-process start-up off the critical path; every
+# architecture is timed on its own, once: a fine-tuned model has its pruned model's architecture, so
+# it gets that model's timing (`details.latency_of` in its record) instead of being timed again.
 # Timing jobs take the global resource `timed` (the profiles allow 1), so two never overlap; with
 # measure.exclusive they also claim every core, so no other job runs beside a timing.
 
@@ -58,10 +60,11 @@ for _name, _nets, _methods, _targets in (
             device=DEVICE,
             latency=_latency,
             torch_threads=config["measure"]["threads"],
+            config_hash=CONFIG_HASH,
         shell:
             "{SOSP} measure --model {input.models} --record {input.records} {params.latency} "
-            "--device {params.device} --threads {params.torch_threads} --tier {params.tier} --out {output} "
-            "> {log} 2>&1"
+            "--device {params.device} --threads {params.torch_threads} --tier {params.tier} "
+            "--config-hash {params.config_hash} --out {output} > {log} 2>&1"
 
 
 TARGETS += RECORDS

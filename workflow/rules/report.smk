@@ -1,5 +1,6 @@
 # Records -> runs.csv -> tables (Markdown, LaTeX, HTML) and figures (one rule per figure); none of
-# them needs a checkpoint or a GPU. Outputs flagged with report() make `snakemake --report report.html`
+# them needs a checkpoint or a GPU. Rules runs and figures refuse records whose config_hash is not the
+# config's (records made by another config: rerun the workflow, or restore that config). Outputs flagged with report() make `snakemake --report report.html`
 # (captions in workflow/report/). Rule `figures` rebuilds all of them from whatever records are in
 # results/<tier>/ (e.g. a fresh clone, which has no checkpoints), never training anything.
 
@@ -31,8 +32,10 @@ rule runs:
         runtime=res("report", "runtime"),
     params:
         out_dir=lambda wc, output: Path(output[0]).parent,
+        config_hash=CONFIG_HASH,
     shell:
-        "{SOSP} report {input} --out-dir {params.out_dir} --only runs > {log} 2>&1"
+        "{SOSP} report {input} --out-dir {params.out_dir} --only runs --config-hash {params.config_hash} "
+        "> {log} 2>&1"
 
 
 rule tables:
@@ -114,9 +117,11 @@ rule figures:
         tables=" ".join(REPORT_CFG["tables"]),
         figures=" ".join(REPORT_CFG["figures"]),
         formats=" ".join(REPORT_CFG["formats"]),
+        config_hash=CONFIG_HASH,
     shell:
         "{SOSP} report {params.records} --out-dir {params.out_dir} --tables {params.tables} "
-        "--figures {params.figures} --formats {params.formats} --bottleneck {params.bottleneck}"
+        "--figures {params.figures} --formats {params.formats} --bottleneck {params.bottleneck} "
+        "--config-hash {params.config_hash}"
 
 
 TARGETS += [RUNS] + TABLE_FILES + FIGURE_FILES

@@ -39,6 +39,7 @@ rule train:
         tier=TIER,
         device=DEVICE,
         data=data_args(),
+        nproc=max(1, res("train", "gpu")),  # data-parallel over the job's GPUs
         recipe=quoted_json(config["train"]),
         arch=lambda wc: split_net(wc.net)[0],
         arch_options=_arch_options,
@@ -46,4 +47,5 @@ rule train:
     shell:
         "{SOSP} train --arch {params.arch} {params.arch_options} --seed {wildcards.seed} {params.data} "
         "--train-config {params.recipe} --checkpoint-dir {params.checkpoints} --tier {params.tier} "
-        "--device {params.device} --threads {threads} --out {output.model} --record {output.record} > {log} 2>&1"
+        "--device {params.device} --threads {threads} --nproc {params.nproc} "
+        "--out {output.model} --record {output.record} > {log} 2>&1"
