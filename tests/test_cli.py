@@ -209,12 +209,12 @@ def test_unknown_method_and_bad_model_file(base_model, tmp_path):
 
 
 def test_prune_help_lists_every_method_and_its_options():
-    from sosp import methods
+    from sosp import registry
 
     proc = run_sosp("prune", "--help")
     assert proc.returncode == 0, proc.stderr
     listing = proc.stdout[proc.stdout.index("methods (--method NAME)") :]
-    for method in methods.METHODS.values():
+    for method in map(registry.get, registry.names()):
         assert f"\n  {method.name} ({method.kind}: " in listing, method.name
         for option in method.options:
             assert f"\n      {option.name}" in listing, (method.name, option.name)
