@@ -151,7 +151,11 @@ def _mutate(path: str, value) -> dict:
         ("seeds", [0, "1"], "['seeds']"),
         ("prune.target", "flops", "prune']['target']"),
         ("dataset.name", "mnist", "dataset']['name']"),
-        ("prune.methods", ["sosp_h", "sosp x"], "prune']['methods'][1]"),  # not a method name (the Snakefile checks known ones)
+        (
+            "prune.methods",
+            ["sosp_h", "sosp x"],
+            "prune']['methods'][1]",
+        ),  # not a method name (the Snakefile checks known ones)
         ("bottleneck.factor", -2, "bottleneck']['factor']"),
         ("bottleneck.level", "stage", "bottleneck']['level']"),
         ("measure.gpu_latency", "maybe", "measure']['gpu_latency']"),

@@ -413,6 +413,8 @@ def test_committed_default_records_match_the_default_config():
     from sosp.config_hash import config_hash
 
     folder = REPO / "results" / "default" / "records"
+    if not folder.is_dir():
+        pytest.skip("no committed default records (being regenerated?)")
     stamped = [(p, results.read_record(p)) for p in results.record_paths([folder])]
     if not any(r.get("config_hash") for _, r in stamped):
         pytest.skip("the committed default records predate config_hash: rerun the default tier to check them")

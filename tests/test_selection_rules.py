@@ -186,6 +186,8 @@ def test_missing_mac_count_raises_instead_of_a_tiny_cost(monkeypatch):
     groups = structures.channel_groups(model, x)
     real = selection._macs_per_module
     victim = groups[0].producers[0]
-    monkeypatch.setattr(selection, "_macs_per_module", lambda m, e: {k: v for k, v in real(m, e).items() if k != victim})
+    monkeypatch.setattr(
+        selection, "_macs_per_module", lambda m, e: {k: v for k, v in real(m, e).items() if k != victim}
+    )
     with pytest.raises(UnsupportedModelError, match=victim.replace(".", r"\.")):
         selection.cost_per_structure(model, groups, x)

@@ -145,6 +145,18 @@ def weights_digest(model) -> str:
     return h.hexdigest()
 
 
+def data_parallel(args, body) -> None:
+    """Run ``body(args)`` (``sosp train``/``finetune``) in a process group: with ``--nproc N`` > 1 this
+    process launches N data-parallel workers running the same command
+    (:func:`sosp.distributed.maybe_relaunch`) and exits with their status; each worker (and a plain
+    run) joins the group and runs ``body``, rank 0 alone writing files."""
+    from .. import distributed
+
+    distributed.maybe_relaunch(sys.argv[1:], args.nproc)
+    with distributed.process_group(args.device):
+        body(args)
+
+
 def drop_checkpoint(folder: Path | None, keep: bool) -> None:
     """Remove a finished run's checkpoint folder (rank 0 only, as it alone writes it)."""
     from .. import distributed

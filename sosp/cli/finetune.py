@@ -14,6 +14,7 @@ from .common import (
     base_record,
     checkpoint_dir,
     data_options,
+    data_parallel,
     drop_checkpoint,
     load,
     load_data,
@@ -47,16 +48,7 @@ def add_parser(sub) -> None:
 
 
 def cmd_finetune(args) -> None:
-    """With ``--nproc N`` > 1 this process launches N data-parallel workers running the same command
-    (:func:`sosp.distributed.maybe_relaunch`) and exits with their status; each worker (and a plain
-    run) joins the process group and runs :func:`_finetune`, rank 0 alone writing files."""
-    import sys
-
-    from .. import distributed
-
-    distributed.maybe_relaunch(sys.argv[1:], args.nproc)
-    with distributed.process_group(args.device):
-        _finetune(args)
+    data_parallel(args, _finetune)  # --nproc N: N workers, rank 0 writes
 
 
 def _finetune(args) -> None:

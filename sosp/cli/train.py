@@ -7,6 +7,7 @@ from .args import add_data, add_eval, add_run, add_train_config, key_value, load
 from .common import (
     checkpoint_dir,
     data_options,
+    data_parallel,
     drop_checkpoint,
     load_data,
     log,
@@ -74,16 +75,7 @@ def _widths(args) -> tuple[dict, str]:
 
 
 def cmd_train(args) -> None:
-    """With ``--nproc N`` > 1 this process launches N data-parallel workers running the same command
-    (:func:`sosp.distributed.maybe_relaunch`) and exits with their status; each worker (and a plain
-    run) joins the process group and runs :func:`_train`, rank 0 alone writing files."""
-    import sys
-
-    from .. import distributed
-
-    distributed.maybe_relaunch(sys.argv[1:], args.nproc)
-    with distributed.process_group(args.device):
-        _train(args)
+    data_parallel(args, _train)  # --nproc N: N workers, rank 0 writes
 
 
 def _train(args) -> None:

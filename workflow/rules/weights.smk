@@ -6,40 +6,7 @@
 # downloads) into the very files that rule `train` writes otherwise, so every later rule is unchanged.
 # Architectures without weights, and the widened nets of the bottleneck study, are trained.
 
-BASE_WEIGHTS = {
-    arch: spec
-    for arch, spec in (config["base"].get("weights") or {}).items()
-    if spec and config["base"]["from"] == "weights"
-}
-WEIGHTS_CACHE = config["base"].get("cache_dir")
-
-
-def weights_slug(spec):
-    """A file name for a weights spec: torchvision:ResNet18_Weights.IMAGENET1K_V1 -> torchvision_ResNet18_..."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", spec)
-
-
-# published weights (fetched), by slug; file: weights are read where they are
-FETCHED_WEIGHTS = {
-    weights_slug(s): s for s in BASE_WEIGHTS.values() if not s.startswith("file:")
-}
-
-
-def _alternatives(names):
-    """A wildcard regex matching exactly ``names`` (nothing, if there are none)."""
-    return "|".join(re.escape(n) for n in sorted(names)) or "(?!)"
-
-
-def _weights_cache():
-    return f"--weights-cache {shlex.quote(str(WEIGHTS_CACHE))}" if WEIGHTS_CACHE else ""
-
-
-def _base_weights_input(wildcards):
-    spec = BASE_WEIGHTS[wildcards.net]
-    # a checkpoint file is itself the input (a changed file rebuilds the base model)
-    if spec.startswith("file:"):
-        return {"weights": spec[len("file:") :]}
-    return {"weights": f"{W}/weights/{weights_slug(spec)}.json"}
+# (BASE_WEIGHTS, FETCHED_WEIGHTS and the input functions are in common.smk: rules files hold rules only)
 
 
 localrules:
