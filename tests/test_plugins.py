@@ -98,7 +98,15 @@ def test_the_plugin_runs_in_a_one_job_workflow(plugin_env, base, tmp_path):
     (records / "base.json").write_text(base[1].read_text())
     pruned = "work/plug/models/resnet20/s0/filter_l2/structures/r0.5/pruned.pt"
 
-    args = ("--cores", "1", "--configfile", "plug.yaml", "--allowed-rules", "prune", pruned)
+    args = (
+        pruned,
+        "--cores",
+        "1",
+        "--configfile",
+        "plug.yaml",
+        "--allowed-rules",
+        "prune",
+    )  # target first: both options take lists
     proc = snakemake(tmp_path, *args, env=plugin_env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "prune" in proc.stdout + proc.stderr and (tmp_path / pruned).exists()

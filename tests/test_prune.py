@@ -129,18 +129,22 @@ def test_run_records_scores_timings_and_layers():
     assert report["method_package"].startswith("sosp-bench ")
 
 
-def test_run_ratios_scores_once_and_matches_run():
+def test_run_ratios_scores_once_and_matches_run(monkeypatch):
     torch.manual_seed(0)
     model = toy_models.make("resnet", dtype=torch.float32)
     x, y = torch.randn(8, 1, 8, 8), torch.randint(0, 5, (8,))
-    calls = []
+    calls, scored = [], []
 
     def make_batches():
         calls.append(1)
         return [(x, y)]
 
+    score = runner.score_resolved
+    monkeypatch.setattr(runner, "score_resolved", lambda *a, **k: scored.append(1) or score(*a, **k))
     results = runner.run_ratios("sosp_h", model, make_batches, [0.2, 0.4], example_input=x[:1])
-    assert len(calls) == 1
+    assert len(scored) == 1  # one scoring pass for both ratios
+    assert len(calls) == 2  # the batches are read twice: calibration diagnostics, then the scoring pass
+    monkeypatch.undo()
     for ratio, result in zip([0.2, 0.4], results):
         alone = runner.run("sosp_h", model, [(x, y)], ratio, example_input=x[:1])
         assert result.removed == alone.removed
