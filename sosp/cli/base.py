@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 
 from .args import add_data, add_eval, add_run, key_value
-from .common import data_options, evaluate, load_data, log, quiet, save, summary
+from .common import data_options, evaluate, load_data, log, model_meta, quiet, save
 from .weights import add_weights_cache
 
 
@@ -83,13 +83,5 @@ def cmd_base(args) -> None:
         **fields,
         details=details,
     )
-    meta = {
-        "record": summary(record),
-        "data": data_opts,
-        "arch": args.arch,
-        "arch_options": arch_options,
-        "num_classes": bundle.num_classes,
-        "input_shape": list(bundle.example_input.shape[1:]),
-        "weights_source": source,
-    }
+    meta = model_meta(record, data_opts, args.arch, arch_options, bundle, weights_source=source)
     save(args.out, model, meta, record, args.record)

@@ -145,6 +145,20 @@ def weights_digest(model) -> str:
     return h.hexdigest()
 
 
+def model_meta(record: dict, data_opts: dict, arch: str, arch_options: dict, bundle, **extra) -> dict:
+    """The metadata saved with a base or widened model (its record summary, data options, architecture
+    and input shape), so later verbs need only the model path; ``extra`` adds what the maker knows."""
+    return {
+        "record": summary(record),
+        "data": data_opts,
+        "arch": arch,
+        "arch_options": arch_options,
+        "num_classes": bundle.num_classes,
+        "input_shape": list(bundle.example_input.shape[1:]),
+        **extra,
+    }
+
+
 def data_parallel(args, body) -> None:
     """Run ``body(args)`` (``sosp train``/``finetune``) in a process group: with ``--nproc N`` > 1 this
     process launches N data-parallel workers running the same command

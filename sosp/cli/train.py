@@ -11,7 +11,7 @@ from .common import (
     drop_checkpoint,
     load_data,
     log,
-    summary,
+    model_meta,
     train_and_save,
     train_config,
 )
@@ -121,15 +121,7 @@ def _train(args) -> None:
             **fields,
             details=details,
         )
-        meta = {
-            "record": summary(record),
-            "data": data_opts,
-            "arch": args.arch,
-            "arch_options": arch_options,
-            "num_classes": bundle.num_classes,
-            "input_shape": list(bundle.example_input.shape[1:]),
-            "train_config": config.to_dict(),
-        }
+        meta = model_meta(record, data_opts, args.arch, arch_options, bundle, train_config=config.to_dict())
         return record, meta
 
     train_and_save(
