@@ -8,7 +8,10 @@ scores once per (seed, target) through ``sosp.runner.run_ratios`` exactly as ``s
 (``prune.samples`` training images, the tier's floor and normalisation) and is pruned to each ratio.
 Each pruned model is evaluated on the test split twice: as pruned, and after re-estimating its BN
 statistics (cumulative average over ``--recalibrate`` augmentation-free training images, model in
-train mode without gradients). Outputs: ``results/benchmarks/oneshot_curves.csv`` and ``.md``.
+train mode without gradients). The evaluation, the rows and the Markdown table are the suite's own
+(``sosp.oneshot``, ``sosp.results.oneshot``: what a tier's ``prune.oneshot_ratios`` computes in its
+pruning jobs); this script adds the cached base models, a test subset and the environment columns.
+Outputs: ``results/benchmarks/oneshot_curves.csv`` and ``.md``.
 ``--quick``: digits, default tier recipe, 2 epochs, two methods, two ratios, outputs under work/.
 """
 
@@ -16,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -30,9 +32,9 @@ import yaml
 
 from benchmarks.common import environment, write_csv
 from benchmarks.layer_collapse import base_model, load_tier, log
-from sosp import data, train
+from sosp import data, oneshot, train
+from sosp.results.oneshot import oneshot_markdown, oneshot_table
 from sosp.runner import run_ratios
-from sosp.utils import train_mode
 
 OUT_DIR = ROOT / "results" / "benchmarks"
 WORK_DIR = ROOT / "work" / "benchmarks" / "layer_collapse"  # base models shared with the other benchmarks
@@ -67,23 +69,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.out_dir is None:
         args.out_dir = args.work_dir / "quick_oneshot" if args.quick else OUT_DIR
     return args
-
-
-def recalibrated(model: torch.nn.Module, bundle, images: int, seed: int) -> torch.nn.Module:
-    """A copy with BN running statistics re-estimated (cumulative average) on ``images`` training images."""
-    model = copy.deepcopy(model)
-    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative moving average
-    seen = 0
-    with train_mode(model), torch.no_grad():
-        for x, _ in data.batches(bundle.train, 256, shuffle=True, generator=torch.Generator().manual_seed(seed)):
-            model(x[: images - seen])
-            seen += min(len(x), images - seen)
-            if seen >= images:
-                break
-    return model.eval()
 
 
 def run(args) -> list[dict]:
@@ -127,67 +112,45 @@ def run(args) -> list[dict]:
                     **copy.deepcopy(tier["prune_options"].get(method, {})),
                 )
                 for ratio, result in zip(args.ratios, results):
-                    rep = result.report
-                    plain = train.evaluate(result.model, bundle.test)
-                    recal = train.evaluate(recalibrated(result.model, bundle, args.recalibrate, seed), bundle.test)
-                    rows.append(
-                        {
-                            "arch": args.arch,
-                            "seed": seed,
-                            "method": method,
-                            "target": target,
-                            "ratio": ratio,
-                            "base_top1": 100 * base["top1"],
-                            "base_loss": base["loss"],
-                            "achieved_fraction": rep["achieved_fraction"],
-                            "macs_removed_pct": 100 * (1 - rep["macs_after"] / rep["macs_before"]),
-                            "params_removed_pct": 100 * (1 - rep["params_after"] / rep["params_before"]),
-                            "min_kept_pct": 100 * rep["min_kept_fraction"],
-                            "oneshot_top1": 100 * plain["top1"],
-                            "oneshot_loss": plain["loss"],
-                            "recalibrated_top1": 100 * recal["top1"],
-                            "recalibrated_loss": recal["loss"],
-                            "samples": pc["samples"],
-                            **env,
-                        }
+                    metrics = oneshot.evaluate(
+                        result.model, bundle, modes=oneshot.BN_MODES, bn_images=args.recalibrate, seed=seed
                     )
+                    identity = {
+                        "tier": args.config.stem,
+                        "dataset": tier["data"]["name"],
+                        "net": args.arch,
+                        "seed": seed,
+                        "method": method,
+                        "method_options": "{}",
+                        "target": target,
+                        "ratio": ratio,
+                        "samples": pc["samples"],
+                        "split": "test",
+                        "base_top1_pct": 100 * base["top1"],
+                        "base_loss": base["loss"],
+                    }
+                    rows.append({**oneshot.row(result.report, metrics, **identity), **env})
                     log(
-                        f"s{seed} {target:10s} {method:11s} r{ratio}: top-1 {100 * plain['top1']:.1f}% "
-                        f"(BN re-estimated {100 * recal['top1']:.1f}%), loss {plain['loss']:.3f}"
+                        f"s{seed} {target:10s} {method:11s} r{ratio}: top-1 {metrics['oneshot_top1_pct']:.1f}% "
+                        f"(BN re-estimated {metrics['reestimated_top1_pct']:.1f}%), loss {metrics['oneshot_loss']:.3f}"
                     )
                 log(f"s{seed} {target} {method}: {time.perf_counter() - t0:.0f} s")
     return rows
 
 
 def markdown(rows: list[dict], args, seconds: float) -> str:
-    def mean(key, **where):
-        values = [r[key] for r in rows if all(r[k] == v for k, v in where.items())]
-        return statistics.fmean(values) if values else float("nan")
+    """The suite's one-shot table (``sosp.results.oneshot``) of the rows, with this run's note."""
+    import pandas as pd
 
     base = rows[0]
-    lines = [
-        "# One-shot accuracy at low pruning ratios (no fine-tuning)",
-        "",
+    note = (
         f"`benchmarks/oneshot_curves.py`: {args.arch} on the `{args.config.stem}` tier's data and recipe, seeds "
-        f"{args.seeds} (base test top-1 {base['base_top1']:.1f} %, loss {base['base_loss']:.3f}); every method scored "
-        f"once per target on {base['samples']} calibration images as `sosp prune`, the tier's floor; test top-1 (%) "
-        f"on {args.test_images or 'all'} test images, "
-        f"one-shot with BN statistics as they are / re-estimated on {args.recalibrate} training images, and the "
-        f"one-shot test loss; means over seeds. {seconds / 60:.1f} min.",
-    ]
-    for target in args.targets:
-        header = " | ".join(f"r{r}" for r in args.ratios)
-        lines += ["", f"## Ratio of {target}", "", f"| method | {header} | loss at r{args.ratios[-1]} |"]
-        lines.append("|---|" + "---:|" * (len(args.ratios) + 1))
-        for method in args.methods:
-            cells = [
-                f"{mean('oneshot_top1', method=method, target=target, ratio=r):.1f} / "
-                f"{mean('recalibrated_top1', method=method, target=target, ratio=r):.1f}"
-                for r in args.ratios
-            ]
-            loss = mean("oneshot_loss", method=method, target=target, ratio=args.ratios[-1])
-            lines.append(f"| {method} | {' | '.join(cells)} | {loss:.3f} |")
-    return "\n".join(lines) + "\n"
+        f"{args.seeds} (base test top-1 {base['base_top1_pct']:.1f} %, loss {base['base_loss']:.3f}); every method "
+        f"scored once per target on {base['samples']} calibration images as `sosp prune`, the tier's floor; test "
+        f"top-1 (%) and loss on {args.test_images or 'all'} test images, one-shot with BN statistics as they are / "
+        f"re-estimated on {base['bn_images']} training images; mean ± std over seeds. {seconds / 60:.1f} min."
+    )
+    return oneshot_markdown(oneshot_table(pd.DataFrame(rows)), note=note)
 
 
 def main(argv=None) -> int:

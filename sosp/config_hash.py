@@ -10,7 +10,13 @@ It covers the config keys that decide what a record holds, and nothing else:
   seed or a ratio adds records and leaves the others as they are), pure timing knobs that change no
   value but a time (``prune.timed``, ``prune.warmup_batches``, ``measure.warmup``, ``measure.iters``,
   ``measure.exclusive``), where things go (``tier``, ``results_dir``, ``work_dir``,
-  ``base.cache_dir``), the ``report``, ``batch`` and the ``resources`` of the jobs.
+  ``base.cache_dir``), the ``report``, ``batch`` and the ``resources`` of the jobs;
+- left out as well: the one-shot curve (``prune.oneshot_ratios``, ``prune.oneshot_bn``,
+  ``prune.oneshot_bn_images``). Its rows (``results/<tier>/oneshot/``) are not records and carry no
+  hash; no record's value depends on these keys (the pruned models and their records are the same
+  with or without a one-shot curve), so hashing them would only make valid records look stale. Each
+  one-shot row states its own settings (``bn_images``: the images of the BN re-estimation, 0 for
+  none), and changing a key reruns the pruning jobs that write the rows (it is one of their params).
 
 Numbers are hashed as floats (``2`` and ``2.0`` hash alike), mappings with sorted keys; recipes are
 hashed as written (after the schema's defaults), so ``momentum: 0.9`` written out and left to the
@@ -30,10 +36,19 @@ from typing import Any
 
 #: top-level config keys whose content is hashed
 HASHED = ("device", "dataset", "arch_options", "base", "train", "finetune", "prune", "bottleneck", "measure")
-#: keys below them that are not hashed (which records exist; timing knobs)
+#: keys below them that are not hashed (which records exist; timing knobs; the one-shot curve)
 LEFT_OUT = {
     "base": ("cache_dir",),
-    "prune": ("methods", "ratios", "target", "timed", "warmup_batches"),
+    "prune": (
+        "methods",
+        "ratios",
+        "target",
+        "timed",
+        "warmup_batches",
+        "oneshot_ratios",
+        "oneshot_bn",
+        "oneshot_bn_images",
+    ),
     "bottleneck": ("enabled", "archs", "methods"),
     "measure": ("warmup", "iters", "exclusive"),
 }

@@ -3,6 +3,9 @@
 Every file the suite writes goes to a temporary name in the same folder and is renamed when complete,
 so an interrupted job never leaves a partial output that Snakemake (or a user) would mistake for a
 finished one.
+
+torch is imported by the two functions that need it (model files), not with the module: reading and
+writing records, CSVs and figures (``sosp report``, the workflow's report jobs) does without it.
 """
 
 from __future__ import annotations
@@ -13,9 +16,10 @@ import os
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 
 @contextlib.contextmanager
@@ -58,7 +62,7 @@ def read_json(path: str | os.PathLike) -> Any:
 
 
 def _json_default(obj: Any) -> Any:
-    if isinstance(obj, torch.Tensor):
+    if hasattr(obj, "tolist") and hasattr(obj, "detach"):  # a torch tensor (without importing torch)
         return obj.tolist()
     if isinstance(obj, Path):
         return str(obj)
@@ -69,6 +73,8 @@ def _json_default(obj: Any) -> Any:
 
 def save_model(path: str | os.PathLike, model: torch.nn.Module, meta: dict | None = None) -> None:
     """Save the whole module (pruned models have irregular shapes, so a state dict is not enough)."""
+    import torch
+
     payload = {"model": model, "meta": dict(meta or {})}
     write_atomic(path, lambda tmp: torch.save(payload, tmp))
 
@@ -76,6 +82,8 @@ def save_model(path: str | os.PathLike, model: torch.nn.Module, meta: dict | Non
 def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
     """The model and metadata :func:`save_model` wrote. A model saved by an older layout of the suite,
     whose classes no longer exist at their saved paths, is refused naming the file and the class."""
+    import torch
+
     from .errors import DataError
 
     if not Path(path).exists():

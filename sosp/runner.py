@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import torch
 import torch.nn as nn
@@ -20,7 +20,7 @@ import torch.nn as nn
 from . import calibration, registry
 from .batches import limit_samples
 from .errors import ConfigError, SospError, check_non_negative_int
-from .selection import NORMALIZE, PruneRequest, PruneResult, check_floor, check_ratio, prune
+from .selection import NORMALIZE, TARGETS, PruneRequest, PruneResult, check_floor, check_ratio, prune
 from .structures import ChannelGroup, channel_groups
 from .utils import progress
 
@@ -137,6 +137,21 @@ def run_ratios(
     *,
     example_input: torch.Tensor,
     target: str = "structures",
+    **settings,
+) -> list[PruneResult]:
+    """:func:`run` at several ratios of one ``target``: :func:`run_points` at ``(target, ratio)`` for each
+    ratio, as a list (same keyword settings and options)."""
+    points = [(target, ratio) for ratio in ratios]
+    return list(run_points(method, model, make_batches, points, example_input=example_input, **settings))
+
+
+def run_points(
+    method: str | registry.Method,
+    model: nn.Module,
+    make_batches: Callable[[], Iterable],
+    points: Sequence[tuple[str, float]],
+    *,
+    example_input: torch.Tensor,
     min_channels: int = 1,
     min_fraction: float = 0.0,
     normalize: str = "none",
@@ -145,30 +160,42 @@ def run_ratios(
     warmup_batches: int = 0,
     log: Callable[[str], None] | None = None,
     **options,
-) -> list[PruneResult]:
-    """:func:`run` at several ratios. A channel-saliency method scores once (saliencies do not depend
-    on the ratio) and selects per ratio; ``prune_seconds`` of each result is the shared scoring time
-    plus its own selection and surgery. Whole pruners (kind ``pruner``) run once per ratio, each on
-    fresh batches from ``make_batches()``. The selection settings are those of
-    :func:`effective_selection`, and each report records them, the options given (``options``; a
-    method's ``seed`` option defaults to the run's ``seed``), every option the method ran with
-    (``resolved_options``: the given ones and the declared defaults), the package that provided
-    the method (``method_package``) and, for a method that reads data, the calibration diagnostics
-    (``calibration``: :func:`sosp.calibration.diagnose` on the same samples, untimed; its warnings go
-    to ``log`` too).
+) -> Iterator[PruneResult]:
+    """:func:`run` at several ``(target, ratio)`` points, one result per point, in order, yielded as each
+    is made (a caller that writes and drops each keeps one pruned copy in memory at a time). A
+    channel-saliency method scores once (saliencies depend on neither the ratio nor the target) and
+    selects per point; ``prune_seconds`` of each result is the shared scoring time plus its own
+    selection and surgery. Whole pruners (kind ``pruner``) run once per point, each on fresh batches
+    from ``make_batches()``. The selection settings are those of :func:`effective_selection`, and each
+    report records them, the options given (``options``; a method's ``seed`` option defaults to the
+    run's ``seed``), every option the method ran with (``resolved_options``: the given ones and the
+    declared defaults), the package that provided the method (``method_package``) and, for a method
+    that reads data, the calibration diagnostics (``calibration``: :func:`sosp.calibration.diagnose` on
+    the same samples, untimed; its warnings go to ``log`` too). Every point is checked before anything
+    runs.
 
     ``warmup_batches``: untimed scoring passes on that many batches before the timed one (channel
     methods), so one-off costs (lazy imports, first-call allocations) do not count against a method.
     ``log``: where progress lines go (e.g. the CLI's logger)."""
     check_non_negative_int("warmup_batches", warmup_batches)
     log = log or (lambda message: None)
-    for ratio in ratios:
-        check_ratio(ratio)
+    points = [(target, check_ratio(ratio)) for target, ratio in points]
+    for target, _ in points:
+        if target not in TARGETS:
+            raise ConfigError(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
     entry = _method(method)
     if entry.kind == "saliency" and "seed" in {o.name for o in entry.options} and "seed" not in options:
         options["seed"] = seed
     resolved = entry.resolve(options)
     selection = effective_selection(entry, resolved, min_channels, min_fraction, normalize)
+    settings = dict(example_input=example_input, num_samples=num_samples, seed=seed, warmup=warmup_batches, log=log)
+    return _run_points(entry, resolved, selection, options, model, make_batches, points, **settings)
+
+
+def _run_points(
+    entry, resolved, selection, options, model, make_batches, points, *, example_input, num_samples, seed, warmup, log
+) -> Iterator[PruneResult]:
+    """The body of :func:`run_points` (a generator: it runs as its results are asked for)."""
     recorded = {
         "method": entry.name,
         "method_package": entry.provider,
@@ -178,8 +205,7 @@ def run_ratios(
         "calibration": _diagnose(entry, model, make_batches, num_samples, log),
     }
     if entry.kind == "pruner":
-        results = []
-        for ratio in ratios:
+        for target, ratio in points:
             request = PruneRequest(
                 model,
                 make_batches(),
@@ -196,13 +222,13 @@ def run_ratios(
             result.report.update(recorded, prune_seconds=time.perf_counter() - start)
             for key, value in selection.items():  # what was applied: the pruner's own report wins
                 result.report.setdefault(key, value)
-            results.append(result)
-        return results
+            yield result
+        return
     t_groups = time.perf_counter()
     groups = channel_groups(model, example_input)
     grouping = time.perf_counter() - t_groups
-    if warmup_batches:
-        warm = list(itertools.islice(make_batches(), warmup_batches))
+    if warmup:
+        warm = list(itertools.islice(make_batches(), warmup))
         t0 = time.perf_counter()
         score_resolved(entry, resolved, model, groups, warm)
         log(f"warm-up scoring on {len(warm)} batch(es) ({time.perf_counter() - t0:.2f} s, not counted)")
@@ -211,8 +237,7 @@ def run_ratios(
     scores = score_resolved(entry, resolved, model, groups, make_batches(), num_samples, timings)
     scoring = grouping + time.perf_counter() - start
     log(f"scored {sum(g.size for g in groups)} structures in {len(groups)} groups ({scoring:.2f} s)")
-    results = []
-    for ratio in ratios:
+    for target, ratio in points:
         t0 = time.perf_counter()
         result = prune(model, groups, scores, ratio=ratio, target=target, example_input=example_input, **selection)
         result.report.update(timings)
@@ -220,8 +245,7 @@ def run_ratios(
         result.report.update(
             recorded,
             prune_seconds=scoring + time.perf_counter() - t0,
-            warmup_batches=warmup_batches,
-            shared_scoring=len(ratios) > 1,
+            warmup_batches=warmup,
+            shared_scoring=len(points) > 1,
         )
-        results.append(result)
-    return results
+        yield result

@@ -472,3 +472,75 @@ def test_measure_and_prune_argument_counts(base_model, tmp_path):
         )
         assert_user_error(proc, "no CUDA device")
         assert not (tmp_path / "x.json").exists()
+
+
+def test_prune_several_targets_and_the_oneshot_curve_in_one_call(base_model, tmp_path, capsys):
+    """One `sosp prune` call (one workflow job) prunes to every target and ratio from one scoring pass,
+    --out/--record running over the targets, then the ratios; --oneshot-ratio adds one-shot rows (no
+    model files) at further ratios of every target, reusing a pruned model at a ratio it also writes;
+    `sosp report --only oneshot` turns the rows into the one-shot table and figure."""
+    from sosp import cli
+
+    d = tmp_path
+    names = ["s3", "s6", "m3", "m6"]
+    args = ["prune", "--model", str(base_model), "--method", "taylor", "--target", "structures", "macs",
+            "--ratio", "0.3", "0.6", "--samples", "64", "--score-batch-size", "32", "--threads", "1", "--tier", "t",
+            "--out", *[str(d / f"{n}.pt") for n in names], "--record", *[str(d / f"{n}.json") for n in names]]  # fmt: skip
+    curve = ["--oneshot-ratio", "0.1", "0.3", "--oneshot-bn", "as_is", "reestimated", "--oneshot-bn-images", "100"]
+    assert cli.main([*args, *curve, "--oneshot-out", str(d / "oneshot" / "taylor.csv")]) == 0
+    log = capsys.readouterr().err
+    assert log.count("scored ") == 1 and log.count("loading data set") == 1, log
+    records = {n: json.loads((d / f"{n}.json").read_text()) for n in names}
+    assert [(r["target"], r["ratio"]) for r in records.values()] == [
+        ("structures", 0.3),
+        ("structures", 0.6),
+        ("macs", 0.3),
+        ("macs", 0.6),
+    ]
+    assert all(r["details"]["prune_report"]["shared_scoring"] for r in records.values())
+    assert records["s6"]["achieved_fraction"] > records["s3"]["achieved_fraction"]
+    assert records["m6"]["macs"] <= 0.4 * records["m6"]["details"]["prune_report"]["macs_before"]
+    assert not list(d.glob("*0.1*")) and len(list(d.glob("*.pt"))) == 4  # the one-shot points write no model
+
+    import pandas as pd
+
+    rows = pd.read_csv(d / "oneshot" / "taylor.csv")
+    assert list(zip(rows["target"], rows["ratio"])) == [("structures", 0.3), ("macs", 0.3), ("structures", 0.1),
+                                                        ("macs", 0.1)]  # fmt: skip
+    assert (rows["tier"] == "t").all() and (rows["net"] == "resnet20").all() and (rows["bn_images"] == 100).all()
+    assert rows[["oneshot_top1_pct", "oneshot_loss", "reestimated_top1_pct", "reestimated_loss"]].notna().all().all()
+    # at a ratio it also writes, the one-shot row is that model's evaluation
+    s3 = rows[(rows["target"] == "structures") & (rows["ratio"] == 0.3)].iloc[0]
+    assert s3["oneshot_top1_pct"] == pytest.approx(100 * records["s3"]["top1"])
+    assert s3["achieved_fraction"] == pytest.approx(records["s3"]["achieved_fraction"])
+
+    assert cli.main(["report", "--only", "oneshot", "--oneshot", str(d / "oneshot"), "--out-dir", str(d / "out"),
+                     "--formats", "png", "--quiet"]) == 0  # fmt: skip
+    table = pd.read_csv(d / "out" / "tables" / "oneshot.csv")
+    assert len(table) == 4 and set(table["seeds"]) == {1} and table["reestimated_top1_pct_mean"].notna().all()
+    assert "| taylor |" in (d / "out" / "tables" / "oneshot.md").read_text()
+    assert (d / "out" / "figures" / "oneshot_curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert sorted(p.name for p in (d / "out").rglob("*") if p.is_file()) == [
+        "oneshot.csv",
+        "oneshot.md",
+        "oneshot_curves.png",
+    ]
+
+
+def test_prune_and_report_oneshot_usage_errors(base_model, tmp_path):
+    common = ["prune", "--model", str(base_model), "--method", "random", "--ratio", "0.3", "0.5"]
+    proc = run_sosp(*common, "--target", "structures", "macs", "--out", *["a.pt"] * 2, "--record", *["a.json"] * 2)
+    assert_user_error(proc, "one --out and one --record per --ratio and --target", "2 target(s) x 2 ratio(s)")
+    proc = run_sosp(*common, "--out", "a.pt", "b.pt", "--record", "a.json", "b.json", "--oneshot-ratio", "0.1")
+    assert_user_error(proc, "--oneshot-ratio and --oneshot-out together")
+    proc = run_sosp(*common, "--target", "macs", "macs", "--out", *["a.pt"] * 4, "--record", *["a.json"] * 4)
+    assert_user_error(proc, "name each --target and each --ratio once")
+    proc = run_sosp(*common, "--target", "flops", "--out", "a.pt", "--record", "a.json")
+    assert_user_error(proc, "--target", "flops")
+    proc = run_sosp("report", "--only", "oneshot", "--out-dir", str(tmp_path / "out"))
+    assert_user_error(proc, "--only oneshot needs --oneshot")
+    proc = run_sosp("report", "--out-dir", str(tmp_path / "out"))
+    assert_user_error(proc, "give the records")
+    proc = run_sosp("report", "--only", "oneshot", "--oneshot", str(tmp_path / "none"), "--out-dir", str(tmp_path))
+    assert_user_error(proc, "one-shot rows not found")
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob("*.pt"))

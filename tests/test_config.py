@@ -48,11 +48,13 @@ def test_defaults_are_filled_in():
     config = default_config()
     for key in ("resources", "report", "measure", "arch_options", "bottleneck"):
         config.pop(key, None)
-    for key in ("samples", "timed", "warmup_batches"):
+    for key in ("samples", "timed", "warmup_batches", "oneshot_ratios", "oneshot_bn", "oneshot_bn_images"):
         config["prune"].pop(key)
     validate(config, SCHEMA)
     assert config["prune"]["samples"] == 1024 and config["measure"]["latency_batches"] == [1, 256]
     assert config["prune"]["timed"] is False and config["prune"]["warmup_batches"] == 1
+    assert config["prune"]["oneshot_ratios"] == [] and config["prune"]["oneshot_bn"] == ["as_is"]
+    assert config["prune"]["oneshot_bn_images"] == 2048
     assert config["measure"]["gpu_latency"] == "auto" and config["measure"]["iters"] == 30
     assert config["resources"]["train"] == {"threads": 1, "mem_mb": 2000, "runtime": 30}
     assert config["report"]["tables"] == ["summary", "paper", "timing"]
@@ -164,12 +166,45 @@ def _mutate(path: str, value) -> dict:
         ("resources.train", {"gpu": -1}, "resources']['train']['gpu']"),
         ("resources.trian", {"threads": 2}, "'trian' was unexpected"),
         ("archs", ["resnet20+x"], "['archs'][0]"),  # '+' is reserved for widened variants
+        ("prune.oneshot_ratios", [0.1, 1.0], "prune']['oneshot_ratios'][1]"),  # one-shot ratios in (0, 1)
+        ("prune.oneshot_ratios", [0.0], "prune']['oneshot_ratios'][0]"),
+        ("prune.oneshot_ratios", [0.1, 0.1], "prune']['oneshot_ratios']"),
+        ("prune.oneshot_ratios", 0.1, "prune']['oneshot_ratios']"),
+        ("prune.oneshot_bn", ["as_is", "recalibrated"], "prune']['oneshot_bn'][1]"),
+        ("prune.oneshot_bn", [], "prune']['oneshot_bn']"),
+        ("prune.oneshot_bn", "reestimated", "prune']['oneshot_bn']"),
+        ("prune.oneshot_bn_images", 0, "prune']['oneshot_bn_images']"),
+        ("prune.oneshot_bn_image", 256, "'oneshot_bn_image' was unexpected"),
     ],
 )
 def test_bad_config_is_rejected_naming_the_key(path, value, named):
     with pytest.raises(WorkflowError) as info:
         validate(_mutate(path, value), SCHEMA)
     assert named in str(info.value)
+
+
+def test_oneshot_keys_validate_and_are_not_hashed():
+    """The one-shot curve's keys: the CIFAR-10 CPU tier asks for BN as pruned and re-estimated at four
+    low ratios; they decide no record (its rows carry their own settings), so the config hash, stamped
+    into every record, is the same with or without them."""
+    from sosp.config_hash import config_hash
+
+    cpu = merged(default_config(), yaml.safe_load((REPO / "config" / "cifar10_cpu.yaml").read_text()))
+    validate(cpu, SCHEMA)
+    assert cpu["prune"]["oneshot_ratios"] == [0.1, 0.2, 0.3, 0.4]
+    assert cpu["prune"]["oneshot_bn"] == ["as_is", "reestimated"] and cpu["prune"]["oneshot_bn_images"] == 2048
+    config = default_config()
+    validate(config, SCHEMA)
+    digest = config_hash(config)
+    for key, value in (("oneshot_ratios", [0.1, 0.2]), ("oneshot_bn", ["reestimated"]), ("oneshot_bn_images", 64)):
+        other = copy.deepcopy(config)
+        other["prune"][key] = value
+        validate(other, SCHEMA)
+        assert config_hash(other) == digest, key
+    bare = copy.deepcopy(config)
+    for key in ("oneshot_ratios", "oneshot_bn", "oneshot_bn_images"):
+        bare["prune"].pop(key)
+    assert config_hash(bare) == digest  # tiers written before the keys existed keep their hash
 
 
 def test_missing_required_key_is_named():
@@ -189,6 +224,11 @@ def test_missing_required_key_is_named():
             "invalid config: prune.ratios[1]: 1.5 is greater than or equal to the maximum of 1",
         ),
         ("bottleneck.ratio", 0.4, "invalid config: bottleneck.ratio: 0.4 is not one of prune.ratios"),
+        (
+            "prune.oneshot_bn",
+            ["as_is", "fresh"],
+            "invalid config: prune.oneshot_bn[1]: 'fresh' is not one of ['as_is', 'reestimated']",
+        ),
         ("bottleneck.archs", ["resnet56"], "invalid config: bottleneck.archs[0]: 'resnet56' is not one of archs"),
         ("dataset.name", "imagefolder", "invalid config: dataset.root: the imagefolder data set needs the folder"),
         (

@@ -149,3 +149,66 @@ def test_run_ratios_scores_once_and_matches_run(monkeypatch):
         alone = runner.run("sosp_h", model, [(x, y)], ratio, example_input=x[:1])
         assert result.removed == alone.removed
         assert result.report["ratio"] == ratio
+
+
+def test_run_points_scores_once_for_every_target_and_ratio(monkeypatch):
+    """Several targets in one run (what one `sosp prune` job of the workflow does): one scoring pass,
+    one result per (target, ratio) in order, each the same as a run at that target alone."""
+    torch.manual_seed(0)
+    model = toy_models.make("resnet", dtype=torch.float32)
+    x, y = torch.randn(8, 1, 8, 8), torch.randint(0, 5, (8,))
+    scored = []
+    score = runner.score_resolved
+    monkeypatch.setattr(runner, "score_resolved", lambda *a, **k: scored.append(1) or score(*a, **k))
+    points = [("structures", 0.2), ("structures", 0.4), ("macs", 0.2), ("params", 0.3)]
+    results = runner.run_points("sosp_h", model, lambda: [(x, y)], points, example_input=x[:1])
+    assert not scored  # a generator: nothing runs until the results are asked for
+    results = list(results)
+    assert len(scored) == 1 and len(results) == 4
+    monkeypatch.undo()
+    for (target, ratio), result in zip(points, results):
+        (alone,) = runner.run_ratios("sosp_h", model, lambda: [(x, y)], [ratio], target=target, example_input=x[:1])
+        assert result.removed == alone.removed, (target, ratio)
+        assert (result.report["target"], result.report["ratio"]) == (target, ratio)
+        assert result.report["shared_scoring"] and not alone.report["shared_scoring"]
+    # whole pruners run once per point; a bad point fails before anything runs
+    pruned = list(runner.run_points("eigendamage", model, lambda: [(x, y)], points[1:3], example_input=x[:1]))
+    assert [(r.report["target"], r.report["ratio"]) for r in pruned] == points[1:3]
+    with pytest.raises(ConfigError, match="target must be one of"):
+        runner.run_points("sosp_h", model, lambda: [(x, y)], [("structures", 0.2), ("flops", 0.2)], example_input=x)
+    with pytest.raises(ConfigError, match=r"ratio must be in \[0, 1\)"):
+        runner.run_points("sosp_h", model, lambda: [(x, y)], [("macs", 1.0)], example_input=x)
+
+
+def test_oneshot_evaluation_reestimates_only_the_bn_statistics():
+    """``sosp.oneshot``: as-is metrics are train.evaluate's; the BN re-estimation changes a copy's running
+    statistics (and nothing else) and leaves the pruned model as it was."""
+    from sosp import data, oneshot, train
+
+    bundle = data.load("digits")
+    torch.manual_seed(0)
+    model = models.create("resnet20", num_classes=bundle.num_classes, in_channels=bundle.in_channels)
+    toy_models.randomize_batchnorm(model)
+    model.eval()
+    groups = structures.channel_groups(model, bundle.example_input[:1])
+    scores = [torch.rand(g.size, generator=torch.Generator().manual_seed(i)) for i, g in enumerate(groups)]
+    pruned = selection.prune(model, groups, scores, ratio=0.4).model.eval()
+    state = {k: v.clone() for k, v in pruned.state_dict().items()}
+    metrics = oneshot.evaluate(pruned, bundle, modes=["as_is", "reestimated"], bn_images=300, seed=1)
+    plain = train.evaluate(pruned, bundle.test)
+    assert (
+        metrics["oneshot_top1_pct"] == pytest.approx(100 * plain["top1"]) and metrics["oneshot_loss"] == plain["loss"]
+    )
+    assert metrics["bn_images"] == 300 and metrics["reestimated_top1_pct"] is not None
+    assert all(torch.equal(state[k], v) for k, v in pruned.state_dict().items())  # the pruned model is untouched
+    fresh = oneshot.reestimate_bn(pruned, bundle.train, 300, seed=1)
+    assert not fresh.training
+    changed = [k for k, v in fresh.state_dict().items() if not torch.equal(state[k], v)]
+    assert changed and all(k.endswith(("running_mean", "running_var", "num_batches_tracked")) for k in changed)
+    assert all(m.num_batches_tracked.item() == 2 for m in fresh.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    again = oneshot.evaluate(pruned, bundle, modes=["reestimated"], bn_images=300, seed=1)
+    assert again["reestimated_top1_pct"] == metrics["reestimated_top1_pct"] and again["oneshot_top1_pct"] is None
+    everything = oneshot.evaluate(pruned, bundle, modes=["reestimated"], bn_images=10**6, seed=1)
+    assert everything["bn_images"] == len(bundle.train)
+    with pytest.raises(ConfigError, match="BN modes"):
+        oneshot.evaluate(pruned, bundle, modes=["fresh"])

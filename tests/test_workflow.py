@@ -39,6 +39,10 @@ TINY = {
         "min_fraction": 0.05,
         "samples": 128,
         "score_batch_size": 64,
+        # the one-shot curve: one more ratio of both targets, BN as pruned and re-estimated, no fine-tuning
+        "oneshot_ratios": [0.2],
+        "oneshot_bn": ["as_is", "reestimated"],
+        "oneshot_bn_images": 256,
     },
     "measure": {"latency_batches": [1, 4], "exclusive": False},  # a timing job may run beside others: quicker
     "bottleneck": {"enabled": True, "archs": ["resnet20"], "ratio": 0.5, "methods": ["sosp_h"]},
@@ -89,10 +93,12 @@ def expected_jobs(config: dict) -> dict[str, int]:
     """Jobs of a full run, derived from the config (the workflow's data flow, see README.md):
     data once; one training per (net, seed), where the nets are the archs plus two widened variants per
     bottleneck arch (an arch with `base.weights` is built from them instead: one fetch per published
-    weights, one base_weights job per seed); one pruning job per (net, seed, method, target) for all ratios (widened nets: the
-    first target only); one fine-tuning job per (net, seed, method) for all targets and ratios (rules
-    finetune and finetune_widened; `batch.finetune: model`: one per model); one measuring job per
-    (net, seed); one bottleneck analysis per arch; runs, tables, one job per figure, and `all`."""
+    weights, one base_weights job per seed); one pruning job per (net, seed, method) for all targets and
+    ratios (rules prune and prune_widened; widened nets: the first target only); one fine-tuning job per
+    (net, seed, method) for all targets and ratios (rules finetune and finetune_widened; `batch.finetune:
+    model`: one per model); one measuring job per (net, seed); one bottleneck analysis per arch; runs,
+    tables, one job per figure, the one-shot curve's table and figure (with `prune.oneshot_ratios`),
+    and `all`."""
     seeds, ratios = len(config["seeds"]), len(config["prune"]["ratios"])
     bottleneck = config.get("bottleneck", {})
     b_archs = len(bottleneck.get("archs", [])) if bottleneck.get("enabled") else 0
@@ -104,7 +110,7 @@ def expected_jobs(config: dict) -> dict[str, int]:
     base = config.get("base", {})  # base models from weights (rules fetch_weights, base_weights)
     weighted = {a: s for a, s in (base.get("weights") or {}).items() if s and base.get("from") != "scratch"}
     fetched = len({s for s in weighted.values() if not s.startswith("file:")})
-    prune = seeds * (archs * methods * targets + widened * b_methods)
+    models = seeds * (archs * methods * targets + widened * b_methods) * ratios  # pruned (and fine-tuned) models
     figures = config.get("report", {}).get("figures", [])
     family = config.get("batch", {}).get("finetune", "family") == "family"
     counts = {
@@ -112,14 +118,16 @@ def expected_jobs(config: dict) -> dict[str, int]:
         "train": seeds * (archs - len(weighted) + widened),
         "fetch_weights": fetched,
         "base_weights": seeds * len(weighted),
-        "prune": prune,
-        "finetune": seeds * archs * methods if family else prune * ratios,
+        "prune": seeds * archs * methods,
+        "prune_widened": seeds * widened * b_methods,
+        "finetune": seeds * archs * methods if family else models,
         "finetune_widened": seeds * widened * b_methods if family else 0,
         "measure": seeds * archs,
         "measure_widened": seeds * widened,
         "bottleneck": b_archs,
         "runs": 1,
         "tables": 1,
+        "oneshot": 1 if config["prune"].get("oneshot_ratios") else 0,
         "all": 1,
         **{f"figure_{f}": 1 for f in figures},
     }
@@ -209,6 +217,16 @@ def test_default_workflow_end_to_end(tiny_workflow):
         assert (out / "figures" / f"{name}.pdf").read_bytes()[:4] == b"%PDF"
     for rule in ("train", "prune", "finetune", "measure", "bottleneck"):
         assert list((out / "benchmarks" / rule).rglob("*.tsv")), rule
+    # one pruning job per (net, seed, method): every target and ratio (and the one-shot curve) of it
+    prune_jobs = out / "benchmarks" / "prune"
+    assert sorted(p.relative_to(prune_jobs).as_posix() for p in prune_jobs.rglob("*.tsv")) == [
+        "resnet20+bottleneck/s0/sosp_h.tsv",
+        "resnet20+uniform/s0/sosp_h.tsv",
+        "resnet20/s0/magnitude.tsv",
+        "resnet20/s0/sosp_h.tsv",
+    ]
+    prune_log = (tmp_path / "work/tiny/logs/prune/resnet20/s0/sosp_h.log").read_text()
+    assert prune_log.count("scored ") == 1 and prune_log.count("loading data set") == 1, prune_log
     # one fine-tuning job per (net, seed, method): both targets of the original, the first of a widened net
     finetune_jobs = out / "benchmarks" / "finetune"
     assert sorted(p.relative_to(finetune_jobs).as_posix() for p in finetune_jobs.rglob("*.tsv")) == [
@@ -226,6 +244,38 @@ def test_default_workflow_end_to_end(tiny_workflow):
     assert tuned["latency_cpu_b1_ms"] == one_shot["latency_cpu_b1_ms"]
     assert tuned["details"]["measure_seconds"] > 0 and one_shot["details"]["measure_seconds"] > 0
 
+    # the one-shot curve (prune.oneshot_ratios): rows of the originals' pruning jobs, no models, no records
+    rows = {m: pd.read_csv(out / "oneshot" / "resnet20" / "s0" / f"{m}.csv") for m in ("sosp_h", "magnitude")}
+    assert sorted(p.relative_to(out / "oneshot").as_posix() for p in (out / "oneshot").rglob("*")) == [
+        "resnet20",
+        "resnet20/s0",
+        "resnet20/s0/magnitude.csv",
+        "resnet20/s0/sosp_h.csv",
+    ]
+    for method, frame in rows.items():
+        assert sorted(frame["target"]) == ["macs", "structures"] and set(frame["ratio"]) == {0.2}, method
+        assert (frame["method"] == method).all() and (frame["net"] == "resnet20").all()
+        assert (
+            frame[["oneshot_top1_pct", "oneshot_loss", "reestimated_top1_pct", "reestimated_loss"]].notna().all().all()
+        )
+        assert frame["oneshot_top1_pct"].between(0, 100).all() and (frame["bn_images"] == 256).all()
+        assert (frame["base_top1_pct"] - 100 * base["top1"]).abs().max() < 1e-9
+    assert not (tmp_path / "work" / "tiny" / "models" / "resnet20" / "s0" / "sosp_h" / "macs" / "r0.2").exists()
+    assert set(runs["ratio"]) == {0.0, 0.5}  # the one-shot ratios make no records
+    sosp_h = rows["sosp_h"].set_index("target")
+    assert (
+        sosp_h.loc["macs", "macs_removed_pct"] >= 20 and abs(sosp_h.loc["structures", "achieved_fraction"] - 0.2) < 0.01
+    )
+    table = pd.read_csv(out / "tables" / "oneshot.csv")
+    assert len(table) == 4 and set(table["seeds"]) == {1} and set(table["method"]) == {"sosp_h", "magnitude"}
+    merged = table.merge(pd.concat(rows.values()), on=["method", "target", "ratio"])
+    assert (merged["oneshot_top1_pct_mean"] - merged["oneshot_top1_pct"]).abs().max() < 1e-3  # 6 digits in the table
+    md = (out / "tables" / "oneshot.md").read_text()
+    assert md.count("ratio of MACs removed") == 2 and md.count("ratio of structures removed") == 2
+    assert "re-estimated on 256 training images" in md
+    for fmt in ("png", "pdf"):
+        assert (out / "figures" / f"oneshot_curves.{fmt}").stat().st_size > 1000
+
 
 @pytest.mark.slow
 @pytest.mark.xdist_group("workflow")
@@ -242,9 +292,9 @@ def test_second_run_has_nothing_to_do_and_the_report_builds(tiny_workflow):
 @pytest.mark.slow
 @pytest.mark.xdist_group("workflow")
 def test_an_added_ratio_finetunes_only_the_new_models(tiny_workflow, tmp_path):
-    """Add a ratio: Snakemake reruns the family's pruning and fine-tuning jobs (their outputs changed),
-    but the re-pruned models of the old ratio have the same weights, so their kept fine-tunings are
-    reused; only the new ratio is fine-tuned. Training is not rerun."""
+    """Add a ratio: Snakemake reruns the family's pruning job (one for both targets) and fine-tuning job
+    (their outputs changed), but the re-pruned models of the old ratio have the same weights, so their
+    kept fine-tunings are reused; only the new ratio is fine-tuned. Training is not rerun."""
     shutil.copytree(tiny_workflow, tmp_path, dirs_exist_ok=True, symlinks=True)
     config = copy.deepcopy(TINY)
     config["prune"]["ratios"] = [0.3, 0.5]
@@ -253,7 +303,7 @@ def test_an_added_ratio_finetunes_only_the_new_models(tiny_workflow, tmp_path):
     targets = [f"{family}/{t}/r{r}/finetuned.json" for t in ("structures", "macs") for r in ("0.3", "0.5")]
     plan = snakemake(tmp_path, *targets, "--dry-run", "--cores", "2", "--configfile", "tiny.yaml")
     assert plan.returncode == 0, plan.stderr[-3000:]
-    assert job_counts(plan.stdout) == {"prune": 2, "finetune": 1, "total": 3}, plan.stdout[-3000:]
+    assert job_counts(plan.stdout) == {"prune": 1, "finetune": 1, "total": 2}, plan.stdout[-3000:]
 
     proc = snakemake(tmp_path, *targets, "--cores", "2", "--configfile", "tiny.yaml")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
@@ -276,6 +326,24 @@ def test_figures_refuse_records_of_another_config(tiny_workflow, tmp_path):
     proc = snakemake(tmp_path, "--cores", "1", "figures", "--configfile", "tiny.yaml")
     assert proc.returncode != 0
     assert "15 of 15 records were made by a different config" in proc.stdout + proc.stderr, proc.stderr[-3000:]
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("workflow")
+def test_figures_rebuild_the_oneshot_curve_from_its_rows(tiny_workflow, tmp_path):
+    """Rule `figures` rebuilds the one-shot table and figure from results/<tier>/oneshot/ alone."""
+    copy_workflow(tmp_path)
+    shutil.copytree(tiny_workflow / "results", tmp_path / "results")
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(TINY))
+    out = tmp_path / "results" / "tiny"
+    before = pd.read_csv(out / "tables" / "oneshot.csv")
+    for path in [*out.glob("tables/oneshot.*"), *out.glob("figures/oneshot_curves.*")]:
+        path.unlink()
+    proc = snakemake(tmp_path, "--cores", "1", "figures", "--configfile", "tiny.yaml")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    pd.testing.assert_frame_equal(pd.read_csv(out / "tables" / "oneshot.csv"), before)
+    assert (out / "tables" / "oneshot.md").exists() and (out / "figures" / "oneshot_curves.png").exists()
+    assert not (tmp_path / "work").exists()
 
 
 @pytest.mark.slow

@@ -1,10 +1,13 @@
 """Records, their aggregation over seeds, and the tables made from them (one module each); this
-package re-exports their public names, so ``from sosp import results; results.collect(...)`` works."""
+package re-exports their public names, so ``from sosp import results; results.collect(...)`` works.
 
-from .aggregation import (  # noqa: F401
-    GROUP_COLUMNS,
-    summary_table,
-)
+The record and collection names are imported with the package; the aggregation and table names (and
+:mod:`.oneshot`, the one-shot curves' table) when first used, so the verbs that only write records
+(train, prune, finetune, measure) do not import pandas.
+"""
+
+from importlib import import_module
+
 from .collection import (  # noqa: F401
     check_config_hash,
     collect,
@@ -36,14 +39,31 @@ from .records import (  # noqa: F401
     removed_per_layer,
     update_record,
 )
-from .tables import (  # noqa: F401
-    COMPARISON,
-    TABLE_FORMATS,
-    TABLES,
-    format_summary,
-    paper_sections,
-    summary_latex,
-    summary_markdown,
-    timing_sections,
-    write_named_tables,
-)
+
+#: name -> module of this package that defines it, imported on first access (these modules import pandas)
+_LAZY = {
+    "GROUP_COLUMNS": "aggregation",
+    "summary_table": "aggregation",
+    "COMPARISON": "tables",
+    "TABLE_FORMATS": "tables",
+    "TABLES": "tables",
+    "format_summary": "tables",
+    "paper_sections": "tables",
+    "summary_latex": "tables",
+    "summary_markdown": "tables",
+    "timing_sections": "tables",
+    "write_named_tables": "tables",
+}
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

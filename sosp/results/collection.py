@@ -7,8 +7,7 @@ import json
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from ..errors import DataError
 from ..io import read_json, write_atomic
@@ -23,6 +22,9 @@ from .records import (
     canonical_options,
     prune_fields,
 )
+
+if TYPE_CHECKING:
+    import pandas as pd  # imported where used: reading one record needs no pandas
 
 
 def record_paths(paths: Iterable[str | os.PathLike], what: str = "record file") -> list[Path]:
@@ -109,11 +111,15 @@ def collect(paths: Iterable[str | os.PathLike], config_hash: str | None = None) 
                 if k != "details"
             }
         )
+    import pandas as pd
+
     return tidy(pd.DataFrame(rows))
 
 
 def tidy(df: pd.DataFrame) -> pd.DataFrame:
     """Canonical column order, defaults for missing key columns, stable sort."""
+    import pandas as pd
+
     df = df.copy()
     for name in COLUMNS:
         if name not in df.columns:
@@ -175,6 +181,8 @@ def write_runs_csv(df: pd.DataFrame, path: str | os.PathLike) -> None:
 
 def read_runs_csv(path: str | os.PathLike) -> pd.DataFrame:
     """``runs.csv`` back as the records DataFrame (the inverse of :func:`write_runs_csv`)."""
+    import pandas as pd
+
     try:
         df = pd.read_csv(path, dtype={"method_options": str})
     except (OSError, ValueError) as exc:

@@ -204,7 +204,7 @@ def timing_sections(df: pd.DataFrame):
 _TIMING_NOTE = (
     "Wall-clock seconds of one pruning job's scoring (saliency) and of scoring + selection + "
     "surgery (prune), on the job's device and threads; mean ± std over seeds. Saliencies are "
-    "computed once per (model, method) and shared by every ratio. Effective samples: (sum w)^2 / "
+    "computed once per (model, method) and shared by every target and ratio. Effective samples: (sum w)^2 / "
     "sum w^2 of the calibration samples' loss weights in the method's score (below 20: the score "
     "rests on a handful of images); min class share: the smallest share of one class relative to "
     "uniform (1 = even; ~0 = a class gets no say); – for data-free methods."

@@ -34,8 +34,10 @@ def check_config(config):
     # published weights exist (this imports torchvision/timm; nothing is downloaded) or whose file exists
     base = config["base"]
     base_weights = (base.get("weights") or {}) if base["from"] == "weights" else {}
+    # (a null spec names no weights: a tier's entry for an architecture dropped from `archs` by a later
+    # config file, which cannot delete the key, is switched off with `<arch>: null`)
     for arch, spec in base_weights.items():
-        if arch not in config["archs"]:
+        if spec and arch not in config["archs"]:
             yield f"base.weights.{arch}", f"{arch!r} is not one of archs {config['archs']}"
         elif spec:
             from sosp import weights

@@ -1,8 +1,10 @@
 # Records -> runs.csv -> tables (Markdown, LaTeX, HTML) and figures (one rule per figure); none of
 # them needs a checkpoint or a GPU. Rules runs and figures refuse records whose config_hash is not the
 # config's (records made by another config: rerun the workflow, or restore that config). Outputs flagged with report() make `snakemake --report report.html`
-# (captions in workflow/report/). Rule `figures` rebuilds all of them from whatever records are in
-# results/<tier>/ (e.g. a fresh clone, which has no checkpoints), never training anything.
+# (captions in workflow/report/). With prune.oneshot_ratios, rule `oneshot` makes the one-shot curves'
+# table and figure from the pruning jobs' one-shot rows. Rule `figures` rebuilds all of them from
+# whatever records are in results/<tier>/ (e.g. a fresh clone, which has no checkpoints), never
+# training anything.
 
 REPORT_CFG = config["report"]
 RUNS = f"{R}/runs.csv"
@@ -103,6 +105,51 @@ for _figure in REPORT_CFG["figures"]:
             "--formats {params.formats} --bottleneck {input.bottleneck} > {log} 2>&1"
 
 
+# The one-shot curves (prune.oneshot_ratios): the rows the pruning jobs of the original nets wrote to
+# results/<tier>/oneshot/ -> tables/oneshot.{csv,md} (mean ± std over seeds) and one figure.
+_oneshot_figures = [
+    f"{R}/figures/oneshot_curves.{fmt}" for fmt in REPORT_CFG["formats"]
+]
+_oneshot_shown = next(
+    (f for f in _oneshot_figures if f.endswith((".png", ".svg"))), _oneshot_figures[0]
+)
+ONESHOT_FILES = [f"{R}/tables/oneshot.csv", f"{R}/tables/oneshot.md"] + _oneshot_figures
+if ONESHOT_RATIOS:
+
+    rule oneshot:
+        input:
+            [
+                ONESHOT_ROWS.format(net=net, seed=seed, method=method)
+                for net in ORIGINAL_NETS
+                for seed in SEEDS
+                for method in PRUNE["methods"]
+            ],
+        output:
+            [
+                (
+                    report(f, caption="../report/oneshot.rst", category="Figures")
+                    if f == _oneshot_shown
+                    else f
+                )
+                for f in ONESHOT_FILES
+            ],
+        log:
+            f"{W}/logs/report/oneshot.log",
+        localrule: True
+        threads: res("report", "threads")
+        resources:
+            mem_mb=res("report", "mem_mb"),
+            runtime=res("report", "runtime"),
+        params:
+            out_dir=lambda wc, output: Path(output[0]).parents[1],
+            formats=" ".join(REPORT_CFG["formats"]),
+        shell:
+            "{SOSP} report --only oneshot --oneshot {input} --out-dir {params.out_dir} "
+            "--formats {params.formats} > {log} 2>&1"
+
+    TARGETS += ONESHOT_FILES
+
+
 # `snakemake --cores 1 figures`: rebuild runs.csv, every table and every figure from the records in
 # results/<tier>/ alone. It has no declared input or output, so it always runs and never pulls a
 # training, pruning or measuring job into the plan (its dry run plans this one job).
@@ -118,10 +165,15 @@ rule figures:
         figures=" ".join(REPORT_CFG["figures"]),
         formats=" ".join(REPORT_CFG["formats"]),
         config_hash=CONFIG_HASH,
+        oneshot=lambda wc: (
+            f"--oneshot {R}/oneshot"
+            if ONESHOT_RATIOS and Path(f"{R}/oneshot").is_dir()
+            else ""
+        ),
     shell:
         "{SOSP} report {params.records} --out-dir {params.out_dir} --tables {params.tables} "
         "--figures {params.figures} --formats {params.formats} --bottleneck {params.bottleneck} "
-        "--config-hash {params.config_hash}"
+        "--config-hash {params.config_hash} {params.oneshot}"
 
 
 TARGETS += [RUNS] + TABLE_FILES + FIGURE_FILES
