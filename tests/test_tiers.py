@@ -25,9 +25,13 @@ from test_workflow import copy_workflow, merged_config, snakemake
 RULES = ("data", "train", "base_weights", "prune", "finetune", "measure", "bottleneck", "report")
 
 
-def small_override(tier: dict, root, work, arch: str, ratio: float, **dataset) -> dict:
-    """What a tier run needs to finish in seconds on one CPU core; everything else is the tier's own."""
+def small_override(tier: dict, root, work, arch: str, ratio: float, figures: list[str], **dataset) -> dict:
+    """What a tier run needs to finish in seconds on one CPU core; everything else is the tier's own.
+
+    ``figures``: the tier's figures that draw something only this tier has (one job and ~3 s of start-up
+    per figure; every figure of every kind is drawn by tests/test_workflow.py's end-to-end run)."""
     prune = tier["prune"]
+    assert set(figures) <= set(tier["report"]["figures"]), figures
     return {
         "device": "cpu",
         "work_dir": str(work / "work"),
@@ -49,6 +53,7 @@ def small_override(tier: dict, root, work, arch: str, ratio: float, **dataset) -
         # instead of 14 (their start-up is most of the time), the same models, records and checkpoints
         "batch": {"finetune": "family"},
         "resources": {rule: {"threads": 1, "mem_mb": 2000, "runtime": 30, "gpu": 0} for rule in RULES},
+        "report": {"figures": figures},
     }
 
 
@@ -126,7 +131,7 @@ def check_common(tmp_path, config: dict, override: dict, runs: pd.DataFrame) -> 
     # tables and figures of the tier
     for name in config["report"]["tables"]:
         assert (out / "tables" / f"{name}.md").read_text().startswith("# ")
-    for name in config["report"]["figures"]:
+    for name in override["report"]["figures"]:
         for fmt in config["report"]["formats"]:
             assert (out / "figures" / f"{name}.{fmt}").stat().st_size > 1000, (name, fmt)
     paper = (out / "tables" / "paper.md").read_text()
@@ -141,7 +146,8 @@ def test_cifar10_tier_runs(image_folder, tmp_path):
     run does not): 10 classes x 20 training images, 5 test images each."""
     root = image_folder(32, 10, 20, 5)
     tier = merged_config("cifar10.yaml")
-    override = small_override(tier, root, tmp_path, "resnet56", 0.5, name="imagefolder", val_fraction=0.1)
+    figures = ["tradeoff_macs", "layer_ratios", "bottleneck_params"]
+    override = small_override(tier, root, tmp_path, "resnet56", 0.5, figures, name="imagefolder", val_fraction=0.1)
     config, runs = run_tier(tmp_path, "cifar10.yaml", override)
     check_common(tmp_path, config, override, runs)
 
@@ -153,7 +159,9 @@ def test_cifar100_tier_runs(image_folder, tmp_path):
     its 100 reverse passes per batch as at full scale: 3 training images per class, 1 test image."""
     root = image_folder(32, 100, 3, 1)
     tier = merged_config("cifar100.yaml")
-    override = small_override(tier, root, tmp_path, "resnet56", 0.5, name="imagefolder", val_fraction=0.1)
+    override = small_override(
+        tier, root, tmp_path, "resnet56", 0.5, ["tradeoff_macs"], name="imagefolder", val_fraction=0.1
+    )
     config, runs = run_tier(tmp_path, "cifar100.yaml", override)
     check_common(tmp_path, config, override, runs)
     assert set(runs["variant"]) == {"original"} and not (tmp_path / "results" / "cifar100" / "bottleneck").exists()
@@ -183,7 +191,9 @@ def test_imagenet_tier_runs(image_folder, tmp_path, monkeypatch):
         tier["base"]["weights"]["torchvision:resnet18"] == spec
         and tier["prune"]["options"]["sosp_i"]["estimator"] == "mc"
     )
-    override = small_override(tier, root, tmp_path, "torchvision:resnet18", 0.3, name="imagenet", val_fraction=0.01)
+    override = small_override(
+        tier, root, tmp_path, "torchvision:resnet18", 0.3, ["latency_macs"], name="imagenet", val_fraction=0.01
+    )
     override["dataset"]["train_subset"] = 16
     # resnet50 is dropped from archs, and a later config file cannot delete its weights entry: null it
     override["base"] = {"weights": {"torchvision:resnet50": None}, "cache_dir": str(cache)}
