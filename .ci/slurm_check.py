@@ -17,7 +17,16 @@ from pathlib import Path
 import yaml
 
 # rules whose jobs go to the GPU partition in workflow/profiles/slurm (set-resources)
-GPU_PARTITION_RULES = {"train", "base_weights", "prune", "finetune", "finetune_widened", "measure", "measure_widened"}
+GPU_PARTITION_RULES = {
+    "train",
+    "base_weights",
+    "prune",
+    "prune_widened",
+    "finetune",
+    "finetune_widened",
+    "measure",
+    "measure_widened",
+}
 # rules with `slurm_extra: --exclusive` in the profile: the job holds every CPU of its node
 EXCLUSIVE_RULES = {"measure", "measure_widened"}
 # record fields that must agree between the two runs (numbers of the models, not timings)
