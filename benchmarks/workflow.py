@@ -164,11 +164,10 @@ def _measured(folder: Path) -> dict:
 
 
 def _multi_ratio_prune(folder: Path) -> dict:
-    """One prune job scores once and writes a record per target and ratio
-    (``<stem>/<target>/r<ratio>/pruned.json``; ``<stem>/r<ratio>/`` before targets), each
-    ``prune_seconds`` = shared scoring + its own selection and surgery: count the scoring once."""
-    paths = sorted(folder.glob("*/r*/pruned.json")) + sorted(folder.glob("r*/pruned.json"))
-    records = [_record(p) for p in paths]
+    """One prune job scores once and writes a record per target and ratio below ``folder``
+    (``<target>/r<ratio>/pruned.json``), each ``prune_seconds`` = shared scoring + its own selection
+    and surgery: count the scoring once."""
+    records = [_record(p) for p in sorted(folder.rglob("pruned.json"))]
     seconds = [(_float(r.get("prune_seconds")), _float(r.get("saliency_seconds"))) for r in records if r]
     seconds = [(p, s or 0.0) for p, s in seconds if p is not None]
     if not seconds:
