@@ -5,8 +5,8 @@ instead of the real data set, one seed, one ratio, one epoch of training and fin
 calibration samples, batch-1 latency only, one thread per job, on the CPU. Every method of the tier runs,
 at every target of the tier, with the tier's method options, normalisation, floors and bottleneck study,
 so each path the tier uses (cost normalisation, `target: macs`, SOSP-I's exact and Monte-Carlo
-estimators, torchvision ResNet surgery at 224x224 from published weights, the bottleneck study, latency)
-is executed, not only planned (the dry runs of tests/test_workflow.py plan the full tiers)."""
+estimators, torchvision ResNet surgery from published weights on streamed ImageNet-style folders, the
+bottleneck study, latency) is executed, not only planned (the dry runs of tests/test_workflow.py plan the full tiers)."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def small_override(tier: dict, root, work, arch: str, ratio: float, figures: lis
         "finetune": {"epochs": 1, "batch_size": 32},
         "prune": {
             "ratios": [ratio],  # one of the tier's ratios
-            "samples": 32,
+            "samples": 16,  # one scoring batch: every scoring path runs, at half the cost of two
             "score_batch_size": 16,
             "warmup_batches": 0,  # the untimed warm-up pass would double the scoring here
             "options": copy.deepcopy(prune["options"]),
@@ -143,8 +143,8 @@ def check_common(tmp_path, config: dict, override: dict, runs: pd.DataFrame) -> 
 @pytest.mark.xdist_group("tier_cifar")
 def test_cifar10_tier_runs(image_folder, tmp_path):
     """ResNet-56 only (the bottleneck study's architecture; VGG-16/19 add nothing the CIFAR-100 tier's
-    run does not): 10 classes x 20 training images, 5 test images each."""
-    root = image_folder(32, 10, 20, 5)
+    run does not): 10 classes x 8 training images, 2 test images each."""
+    root = image_folder(32, 10, 8, 2)
     tier = merged_config("cifar10.yaml")
     figures = ["tradeoff_macs", "layer_ratios", "bottleneck_params"]
     override = small_override(tier, root, tmp_path, "resnet56", 0.5, figures, name="imagefolder", val_fraction=0.1)
@@ -156,8 +156,8 @@ def test_cifar10_tier_runs(image_folder, tmp_path):
 @pytest.mark.xdist_group("tier_cifar100")
 def test_cifar100_tier_runs(image_folder, tmp_path):
     """ResNet-56 only (the cheaper of the tier's two); 100 classes, so SOSP-I's exact estimator makes
-    its 100 reverse passes per batch as at full scale: 3 training images per class, 1 test image."""
-    root = image_folder(32, 100, 3, 1)
+    its 100 reverse passes per batch as at full scale: 2 training images per class, 1 test image."""
+    root = image_folder(32, 100, 2, 1)
     tier = merged_config("cifar100.yaml")
     override = small_override(
         tier, root, tmp_path, "resnet56", 0.5, ["tradeoff_macs"], name="imagefolder", val_fraction=0.1
@@ -171,13 +171,15 @@ def test_cifar100_tier_runs(image_folder, tmp_path):
 @pytest.mark.xdist_group("tier_imagenet")
 def test_imagenet_tier_runs(image_folder, tmp_path, monkeypatch):
     """torchvision ResNet-18 from its IMAGENET1K_V1 weights (the state dict of a random model, offline,
-    where torch.hub looks for the published file), on a generated 224x224 folder with 1000 classes (the
-    published classifier has 1000 outputs, kept as published): one training image per class, of which
+    where torch.hub looks for the published file), on a generated folder with 1000 classes (the
+    published classifier has 1000 outputs, kept as published) of 96x96 images: above 64 pixels, so
+    streamed from JPEGs with the ImageNet transforms as at 224 (torchvision's ResNets pool adaptively,
+    and the surgery does not depend on the resolution), at a fifth of the cost: one training image per class, of which
     16 train and 10 validate (val_fraction 0.01), and 8 test images. ResNet-18 only: ResNet-50 runs the
     same surgery code (bottleneck blocks instead of basic ones) at four times the cost."""
     import torchvision
 
-    root = image_folder(224, 1000, 1, 1, test_classes=8)
+    root = image_folder(96, 1000, 1, 1, test_classes=8)
     cache = tmp_path / "torch_cache"
     spec = "torchvision:ResNet18_Weights.IMAGENET1K_V1"
     weight = torchvision.models.get_weight(spec.split(":")[1])
@@ -192,15 +194,22 @@ def test_imagenet_tier_runs(image_folder, tmp_path, monkeypatch):
         and tier["prune"]["options"]["sosp_i"]["estimator"] == "mc"
     )
     override = small_override(
-        tier, root, tmp_path, "torchvision:resnet18", 0.3, ["latency_macs"], name="imagenet", val_fraction=0.01
+        tier,
+        root,
+        tmp_path,
+        "torchvision:resnet18",
+        0.3,
+        ["latency_macs"],
+        name="imagenet",
+        val_fraction=0.01,
+        image_size=96,
     )
     override["dataset"]["train_subset"] = 16
     # resnet50 is dropped from archs, and a later config file cannot delete its weights entry: null it
     override["base"] = {"weights": {"torchvision:resnet50": None}, "cache_dir": str(cache)}
     # SOSP-I's Monte-Carlo estimator as the tier sets it, with 2 sampled labels per image instead of 64
-    # (65 backward passes per batch at 224x224 would be most of the run)
+    # (65 backward passes per batch would be most of the run)
     override["prune"]["options"]["sosp_i"]["mc_samples"] = 2
-    override["prune"].update(samples=16, score_batch_size=8)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # offline: nothing may be fetched
     monkeypatch.setenv("TORCH_HOME", str(cache))  # torch.hub's own default points there too
     config, runs = run_tier(tmp_path, "imagenet.yaml", override)
@@ -210,5 +219,5 @@ def test_imagenet_tier_runs(image_folder, tmp_path, monkeypatch):
     source = base["details"]["weights_source"]
     assert source["spec"] == spec and source["file_name"] == published.name
     assert source["sha256"] == hashlib.sha256(published.read_bytes()).hexdigest()
-    assert base["details"]["input_shape"] == [3, 224, 224] and base["train_epochs"] in (0, None)
+    assert base["details"]["input_shape"] == [3, 96, 96] and base["train_epochs"] in (0, None)
     assert set(runs["dataset"]) == {"imagenet"} and set(runs["variant"]) == {"original"}
