@@ -29,7 +29,7 @@ def bottleneck_params(df: pd.DataFrame, **_) -> Figure:
                 zip(
                     *[
                         part.loc[(part["variant"] != ORIGINAL) & (part["stage"] == "finetuned"), c]
-                        for c in ("method", "method_options")
+                        for c in ("method", "method_options", "target")
                     ]
                 )
             )
@@ -47,6 +47,7 @@ def bottleneck_params(df: pd.DataFrame, **_) -> Figure:
                     (runs["stage"] == "finetuned")
                     & (runs["method"] == method[0])
                     & (runs["method_options"] == method[1])
+                    & (runs["target"] == method[2])  # the widened nets' target only: the originals may have several
                 ]
             else:
                 pruned = runs.iloc[0:0]
@@ -79,8 +80,8 @@ def bottleneck_params(df: pd.DataFrame, **_) -> Figure:
                     color=colors[variant],
                     linestyle="none",
                 )
-        label = method_label(*method) if method else "no pruned networks"
-        ax.set_title(f"{dataset} / {arch}, pruned by {label} (tier {tier})", fontsize=10)
+        label = f"pruned by {method_label(*method[:2])} ({method[2]})" if method else "no pruned networks"
+        ax.set_title(f"{dataset} / {arch}, {label} (tier {tier})", fontsize=10)
         ax.set_xlabel(f"Parameters ({prefix + ' ' if prefix else ''}count)")
         ax.set_ylabel("Top-1 test accuracy (%; pruned: after fine-tuning)")
         ax.grid(True, alpha=0.3)
