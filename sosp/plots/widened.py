@@ -81,7 +81,7 @@ def bottleneck_params(df: pd.DataFrame, **_) -> Figure:
                     linestyle="none",
                 )
         label = f"pruned by {method_label(*method[:2])} ({method[2]})" if method else "no pruned networks"
-        ax.set_title(f"{dataset} / {arch}, {label} (tier {tier})", fontsize=10)
+        ax.set_title(f"{dataset} / {arch}, {label}\n(tier {tier})", fontsize=10)
         ax.set_xlabel(f"Parameters ({prefix + ' ' if prefix else ''}count)")
         ax.set_ylabel("Top-1 test accuracy (%; pruned: after fine-tuning)")
         ax.grid(True, alpha=0.3)
